@@ -1,0 +1,488 @@
+//! Node configuration: every option explicit, with units in its name and an
+//! embedded default.
+//!
+//! Precedence, lowest first: embedded defaults, the TOML file (`--config`),
+//! `CORECAST_*` environment variables, command-line flags. The environment
+//! variable names listed in [`ENV_VARS`] are a contract that scripts, tests
+//! and the ansible role drive nodes with: keep them stable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// A configuration that cannot be loaded or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        message: message.into(),
+    }
+}
+
+/// The whole node configuration, as read from TOML.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub ws: WsConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub cluster: ClusterConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Executor count; 0 means one per online core.
+    pub cores: usize,
+    /// First CPU to pin executor 0 to; executor i is pinned to `first_cpu + i`
+    /// (modulo the online CPUs).
+    pub first_cpu: usize,
+    /// glommio `io_memory` per executor, in KiB (io_uring registered buffers).
+    pub io_memory_kib: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            cores: 0,
+            first_cpu: 0,
+            io_memory_kib: 512,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// WebSocket listen address (every executor binds it with SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// `listen(2)` backlog of each executor's WebSocket socket.
+    pub backlog: u32,
+    /// Accept `join` for any room, not only the rooms of the token's claim.
+    pub free_join: bool,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backlog: 4096,
+            free_join: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Push API listen address (every executor binds it with SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// `listen(2)` backlog of each executor's HTTP socket.
+    pub backlog: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            backlog: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens. Empty: a random dev secret is made at
+    /// start and printed once.
+    pub jwt_secret: String,
+    /// API keys accepted on `/v1/*`. Empty: a random dev key is made at start.
+    pub api_keys: Vec<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent WebSocket connections per node; past it handshakes get 503.
+    pub max_connections: usize,
+    /// Concurrent connections of one user; the oldest is closed with 4001.
+    pub max_channels_per_user: usize,
+    /// Rooms one user may be in at once.
+    pub max_rooms_per_user: usize,
+    /// Bytes of the HTTP upgrade request, request line and headers.
+    pub handshake_header_bytes_max: usize,
+    /// Time a client has to finish the upgrade request.
+    pub handshake_timeout_ms: u64,
+    /// Largest client frame or message (close 1009 past it).
+    pub client_message_bytes_max: usize,
+    /// Client messages per second before the client gets an error frame; at
+    /// twice this rate it is closed with 1008.
+    pub client_messages_per_sec_max: u32,
+    /// Largest push body accepted on the HTTP API (413 past it).
+    pub push_body_bytes_max: usize,
+    /// Frames waiting in one connection's outbound queue (close 1013 past it).
+    pub send_queue_frames_max: usize,
+    /// Bytes waiting in one connection's outbound queue (close 1013 past it).
+    pub send_queue_bytes_max: usize,
+    /// Concurrent HTTP connections per executor on the push API.
+    pub http_connections_per_core_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1_000_000,
+            max_channels_per_user: 10,
+            max_rooms_per_user: 64,
+            handshake_header_bytes_max: 8 * 1024,
+            handshake_timeout_ms: 5_000,
+            client_message_bytes_max: 4 * 1024,
+            client_messages_per_sec_max: 20,
+            push_body_bytes_max: 64 * 1024,
+            send_queue_frames_max: 256,
+            send_queue_bytes_max: 1024 * 1024,
+            http_connections_per_core_max: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// The server pings each connection this often.
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is closed (1001 "idle timeout").
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name in the cluster; empty: derived from the host name and
+    /// the WebSocket port.
+    pub node_id: String,
+    /// ZeroMQ PUB bind address (`tcp://host:port`); empty: no mesh.
+    pub mesh_listen: String,
+    /// Every peer's PUB address. A node may list itself: it is ignored.
+    pub mesh_peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT, connections are closed with 1001 spread over this.
+    pub drain_period_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_period_ms: 10_000,
+        }
+    }
+}
+
+/// The environment variables a node reads, each with what it sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("CORECAST_WS_LISTEN", "ws.listen"),
+    ("CORECAST_HTTP_LISTEN", "http.listen"),
+    ("CORECAST_JWT_SECRET", "auth.jwt_secret"),
+    ("CORECAST_API_KEYS", "auth.api_keys (comma-separated)"),
+    ("CORECAST_CORES", "node.cores"),
+    ("CORECAST_MAX_CONNECTIONS", "limits.max_connections"),
+    ("CORECAST_NODE_ID", "cluster.node_id"),
+    ("CORECAST_MESH_LISTEN", "cluster.mesh_listen"),
+    (
+        "CORECAST_MESH_PEERS",
+        "cluster.mesh_peers (comma-separated)",
+    ),
+    ("CORECAST_DRAIN_PERIOD_MS", "shutdown.drain_period_ms"),
+    ("CORECAST_PING_INTERVAL_MS", "heartbeat.ping_interval_ms"),
+    ("CORECAST_IDLE_TIMEOUT_MS", "heartbeat.idle_timeout_ms"),
+    ("CORECAST_HANDSHAKE_TIMEOUT_MS", "limits.handshake_timeout_ms"),
+    (
+        "CORECAST_MAX_CHANNELS_PER_USER",
+        "limits.max_channels_per_user",
+    ),
+    ("CORECAST_FREE_JOIN", "ws.free_join"),
+];
+
+fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| invalid(name, format!("{value:?}: {e}")))
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Config {
+    /// Reads a TOML file; every missing field keeps its default.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "<inline>".into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies `CORECAST_*` variables from `lookup` (the process environment
+    /// in production, a map in tests).
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for &(name, _) in ENV_VARS {
+            let Some(value) = lookup(name) else { continue };
+            match name {
+                "CORECAST_WS_LISTEN" => self.ws.listen = parse_env(name, &value)?,
+                "CORECAST_HTTP_LISTEN" => self.http.listen = parse_env(name, &value)?,
+                "CORECAST_JWT_SECRET" => self.auth.jwt_secret = value,
+                "CORECAST_API_KEYS" => self.auth.api_keys = split_list(&value),
+                "CORECAST_CORES" => self.node.cores = parse_env(name, &value)?,
+                "CORECAST_MAX_CONNECTIONS" => {
+                    self.limits.max_connections = parse_env(name, &value)?
+                }
+                "CORECAST_NODE_ID" => self.cluster.node_id = value,
+                "CORECAST_MESH_LISTEN" => self.cluster.mesh_listen = value,
+                "CORECAST_MESH_PEERS" => self.cluster.mesh_peers = split_list(&value),
+                "CORECAST_DRAIN_PERIOD_MS" => {
+                    self.shutdown.drain_period_ms = parse_env(name, &value)?
+                }
+                "CORECAST_PING_INTERVAL_MS" => {
+                    self.heartbeat.ping_interval_ms = parse_env(name, &value)?
+                }
+                "CORECAST_IDLE_TIMEOUT_MS" => {
+                    self.heartbeat.idle_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HANDSHAKE_TIMEOUT_MS" => {
+                    self.limits.handshake_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_MAX_CHANNELS_PER_USER" => {
+                    self.limits.max_channels_per_user = parse_env(name, &value)?
+                }
+                "CORECAST_FREE_JOIN" => self.ws.free_join = parse_env(name, &value)?,
+                _ => unreachable!("every ENV_VARS entry is matched"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the relations between options; call after every source is
+    /// applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if !(1..=limits::CHANNELS_PER_USER_CEILING).contains(&l.max_channels_per_user) {
+            return Err(invalid(
+                "limits.max_channels_per_user",
+                format!("must be 1..={}", limits::CHANNELS_PER_USER_CEILING),
+            ));
+        }
+        if l.handshake_header_bytes_max < limits::HANDSHAKE_HEADER_BYTES_MIN
+            || l.handshake_header_bytes_max > limits::READ_BUFFER_BYTES
+        {
+            return Err(invalid(
+                "limits.handshake_header_bytes_max",
+                format!(
+                    "must be {}..={}",
+                    limits::HANDSHAKE_HEADER_BYTES_MIN,
+                    limits::READ_BUFFER_BYTES
+                ),
+            ));
+        }
+        if l.client_message_bytes_max < limits::CLIENT_MESSAGE_BYTES_MIN
+            || l.client_message_bytes_max > limits::CLIENT_MESSAGE_BYTES_CEILING
+        {
+            return Err(invalid(
+                "limits.client_message_bytes_max",
+                format!(
+                    "must be {}..={}",
+                    limits::CLIENT_MESSAGE_BYTES_MIN,
+                    limits::CLIENT_MESSAGE_BYTES_CEILING
+                ),
+            ));
+        }
+        if l.push_body_bytes_max == 0 || l.push_body_bytes_max > limits::PUSH_BODY_BYTES_CEILING {
+            return Err(invalid(
+                "limits.push_body_bytes_max",
+                format!("must be 1..={}", limits::PUSH_BODY_BYTES_CEILING),
+            ));
+        }
+        if l.send_queue_frames_max == 0 || l.send_queue_bytes_max < l.push_body_bytes_max {
+            return Err(invalid(
+                "limits.send_queue_bytes_max",
+                "must hold at least one push of push_body_bytes_max, with frames_max >= 1",
+            ));
+        }
+        if l.handshake_timeout_ms == 0 {
+            return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+        }
+        let h = &self.heartbeat;
+        if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {
+            return Err(invalid(
+                "heartbeat.idle_timeout_ms",
+                format!(
+                    "ping_interval_ms must be >= {} and idle_timeout_ms > ping_interval_ms",
+                    limits::TICK_MS
+                ),
+            ));
+        }
+        if self.ws.listen.port() != 0 && self.ws.listen == self.http.listen {
+            return Err(invalid("http.listen", "must differ from ws.listen"));
+        }
+        if self.cluster.mesh_listen.is_empty() && !self.cluster.mesh_peers.is_empty() {
+            return Err(invalid(
+                "cluster.mesh_listen",
+                "mesh_peers are set but mesh_listen is empty",
+            ));
+        }
+        for addr in std::iter::once(&self.cluster.mesh_listen)
+            .filter(|a| !a.is_empty())
+            .chain(self.cluster.mesh_peers.iter())
+        {
+            if !addr.starts_with("tcp://") {
+                return Err(invalid(
+                    "cluster.mesh_peers",
+                    format!("{addr:?} is not a tcp:// address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+
+    pub fn drain_period(&self) -> Duration {
+        Duration::from_millis(self.shutdown.drain_period_ms)
+    }
+
+    /// The executor count this node runs with.
+    pub fn executor_count(&self) -> usize {
+        match self.node.cores {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+        .min(limits::CORES_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut config = Config::from_toml("[ws]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let env: HashMap<&str, &str> = [
+            ("CORECAST_WS_LISTEN", "127.0.0.1:9100"),
+            ("CORECAST_API_KEYS", "a, b,,c"),
+            ("CORECAST_MESH_PEERS", "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002"),
+        ]
+        .into();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(config.ws.listen.port(), 9100);
+        assert_eq!(config.auth.api_keys, vec!["a", "b", "c"]);
+        assert_eq!(config.cluster.mesh_peers.len(), 2);
+    }
+
+    #[test]
+    fn bad_env_is_a_named_error() {
+        let mut config = Config::default();
+        let err = config
+            .apply_env(|k| (k == "CORECAST_CORES").then(|| "many".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CORECAST_CORES"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        assert!(Config::from_toml("[limits]\nmax_conections = 3\n").is_err());
+    }
+
+    #[test]
+    fn idle_must_exceed_ping() {
+        let mut config = Config::default();
+        config.heartbeat.idle_timeout_ms = config.heartbeat.ping_interval_ms;
+        assert!(config.validate().is_err());
+    }
+}
