@@ -1,0 +1,221 @@
+//! What a push is and where it goes: the [`Push`] accepted by the HTTP API
+//! or received from the mesh, and [`route`], a pure function from a target
+//! to the cores that hold its recipients.
+//!
+//! A push is encoded once ([`Push::frame`]) where it enters the node and the
+//! same bytes travel to every core and every recipient.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+pub use crate::ws::frame::ContentKind;
+use crate::ws::frame::encode_push;
+
+/// Who a push or a membership change is for.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Target {
+    /// Every connection of one user.
+    User(String),
+    /// Every connection of each listed user.
+    Users(Vec<String>),
+    /// Every connection of every member of a room.
+    Room(String),
+    /// Every connection.
+    Broadcast,
+    /// Server-side join of a user (all its connections) to a room.
+    RoomJoin { room: String, uid: String },
+    /// Server-side leave of a user from a room.
+    RoomLeave { room: String, uid: String },
+}
+
+impl Target {
+    /// The metric label of a push target.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Target::User(_) => "user",
+            Target::Users(_) => "users",
+            Target::Room(_) => "room",
+            Target::Broadcast => "broadcast",
+            Target::RoomJoin { .. } => "room_join",
+            Target::RoomLeave { .. } => "room_leave",
+        }
+    }
+
+    /// Whether this target carries a message (as opposed to a membership
+    /// change).
+    pub fn carries_message(&self) -> bool {
+        !matches!(self, Target::RoomJoin { .. } | Target::RoomLeave { .. })
+    }
+}
+
+/// One message on its way to clients; shared (`Arc`) by every core that
+/// delivers it.
+#[derive(Debug)]
+pub struct Push {
+    /// Cluster-unique message id (origin node prefix + counter).
+    pub id: String,
+    pub kind: ContentKind,
+    /// The body as accepted (what the mesh carries).
+    pub payload: Bytes,
+    /// The whole WebSocket frame, encoded once.
+    pub frame: Bytes,
+    /// When the origin node accepted it, microseconds since the Unix epoch.
+    pub created_at_us: u64,
+    /// When this node accepted or received it (push-to-socket latency).
+    pub accepted_at: Instant,
+}
+
+impl Push {
+    /// Encodes a push for `target`; room pushes name their room in the frame.
+    pub fn new(
+        id: String,
+        target: &Target,
+        kind: ContentKind,
+        payload: Bytes,
+        created_at_us: u64,
+    ) -> Arc<Push> {
+        let room = match target {
+            Target::Room(room) => Some(room.as_str()),
+            _ => None,
+        };
+        let frame = encode_push(&id, room, kind, &payload);
+        Arc::new(Push {
+            id,
+            kind,
+            payload,
+            frame,
+            created_at_us,
+            accepted_at: Instant::now(),
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch (wall clock, comparable across nodes).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Makes cluster-unique message ids: a random per-process prefix (so a
+/// restarted node never reuses ids) and a counter.
+#[derive(Debug)]
+pub struct IdGenerator {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl IdGenerator {
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The core that owns every session of `uid`: FNV-1a, stable across
+/// processes and releases.
+pub fn home_core(uid: &str, cores: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in uid.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % cores.max(1) as u64) as usize
+}
+
+/// Where a target's recipients live: each core with the part of the target
+/// it must deliver. A user goes to its home core only; a batch is split by
+/// home core; rooms and broadcasts go to every core.
+pub fn route(target: &Target, cores: usize) -> Vec<(usize, Target)> {
+    match target {
+        Target::User(uid)
+        | Target::RoomJoin { uid, .. }
+        | Target::RoomLeave { uid, .. } => vec![(home_core(uid, cores), target.clone())],
+        Target::Users(uids) => {
+            let mut per_core: Vec<Vec<String>> = vec![Vec::new(); cores];
+            for uid in uids {
+                per_core[home_core(uid, cores)].push(uid.clone());
+            }
+            per_core
+                .into_iter()
+                .enumerate()
+                .filter(|(_, uids)| !uids.is_empty())
+                .map(|(core, uids)| (core, Target::Users(uids)))
+                .collect()
+        }
+        Target::Room(_) | Target::Broadcast => {
+            (0..cores).map(|core| (core, target.clone())).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_has_one_home() {
+        for cores in 1..8 {
+            let routes = route(&Target::User("alice".into()), cores);
+            assert_eq!(routes.len(), 1);
+            assert_eq!(routes[0].0, home_core("alice", cores));
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_by_home_and_loses_no_one() {
+        let uids: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+        let routes = route(&Target::Users(uids.clone()), 3);
+        let mut seen: Vec<String> = Vec::new();
+        for (core, target) in routes {
+            let Target::Users(part) = target else {
+                panic!("batch stays a batch")
+            };
+            assert!(part.iter().all(|u| home_core(u, 3) == core));
+            seen.extend(part);
+        }
+        seen.sort();
+        let mut expected = uids;
+        expected.sort();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn rooms_and_broadcasts_go_everywhere() {
+        assert_eq!(route(&Target::Broadcast, 4).len(), 4);
+        assert_eq!(route(&Target::Room("r".into()), 2).len(), 2);
+    }
+
+    #[test]
+    fn home_is_stable() {
+        // Pinned values: changing the hash re-homes every user of a running
+        // cluster during a rolling upgrade.
+        assert_eq!(home_core("alice", 2), home_core("alice", 2));
+        assert_eq!(home_core("", 5), (0xcbf2_9ce4_8422_2325u64 % 5) as usize);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = IdGenerator::new();
+        assert_ne!(ids.next_id(), ids.next_id());
+        assert_ne!(IdGenerator::new().next_id(), IdGenerator::new().next_id());
+    }
+}

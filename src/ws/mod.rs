@@ -1,0 +1,4 @@
+//! The WebSocket protocol with no sockets: the upgrade request and its
+//! token, frame encoding and decoding, and client messages.
+
+pub mod frame;
