@@ -29,7 +29,10 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `ws://host:port/path` or `http://host:port/path` (no TLS) and resolves the host.
     pub fn parse(url: &str) -> Result<Endpoint, BenchError> {
-        let bad = |reason: &str| BenchError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| BenchError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
         let rest = url
             .strip_prefix("ws://")
             .or_else(|| url.strip_prefix("http://"))
@@ -41,7 +44,11 @@ impl Endpoint {
         if authority.is_empty() {
             return Err(bad("missing host"));
         }
-        let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+        let with_port = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
         let addr = with_port
             .to_socket_addrs()
             .map_err(|e| bad(&e.to_string()))?
@@ -65,11 +72,19 @@ impl Endpoint {
 pub fn subscribe_path(kind: TargetKind, endpoint: &Endpoint, channel: &str, token: &str) -> String {
     match kind {
         TargetKind::Corecast => {
-            let base = if endpoint.path.is_empty() { "/ws" } else { endpoint.path.as_str() };
+            let base = if endpoint.path.is_empty() {
+                "/ws"
+            } else {
+                endpoint.path.as_str()
+            };
             format!("{base}?token={token}")
         }
         TargetKind::Nchan => {
-            let base = if endpoint.path.is_empty() { "/sub" } else { endpoint.path.as_str() };
+            let base = if endpoint.path.is_empty() {
+                "/sub"
+            } else {
+                endpoint.path.as_str()
+            };
             format!("{base}/{channel}")
         }
     }
@@ -86,7 +101,11 @@ pub fn push_path(kind: TargetKind, endpoint: &Endpoint, uid: Option<&str>) -> St
             }
         }
         TargetKind::Nchan => {
-            let base = if endpoint.path.is_empty() { "/pub" } else { endpoint.path.as_str() };
+            let base = if endpoint.path.is_empty() {
+                "/pub"
+            } else {
+                endpoint.path.as_str()
+            };
             format!("{base}/{}", uid.unwrap_or(BROADCAST_CHANNEL))
         }
     }
@@ -116,18 +135,30 @@ mod tests {
     fn parses_urls_and_builds_paths() {
         let ws = Endpoint::parse("ws://127.0.0.1:9000").unwrap();
         assert_eq!(ws.addr.port(), 9000);
-        assert_eq!(subscribe_path(TargetKind::Corecast, &ws, "u1", "T"), "/ws?token=T");
+        assert_eq!(
+            subscribe_path(TargetKind::Corecast, &ws, "u1", "T"),
+            "/ws?token=T"
+        );
         assert_eq!(subscribe_path(TargetKind::Nchan, &ws, "u1", "T"), "/sub/u1");
         let http = Endpoint::parse("http://127.0.0.1:9001/").unwrap();
-        assert_eq!(push_path(TargetKind::Corecast, &http, Some("u3")), "/v1/push/user/u3");
-        assert_eq!(push_path(TargetKind::Corecast, &http, None), "/v1/push/broadcast");
+        assert_eq!(
+            push_path(TargetKind::Corecast, &http, Some("u3")),
+            "/v1/push/user/u3"
+        );
+        assert_eq!(
+            push_path(TargetKind::Corecast, &http, None),
+            "/v1/push/broadcast"
+        );
         assert_eq!(push_path(TargetKind::Nchan, &http, None), "/pub/all");
         assert!(Endpoint::parse("wss://x:1").is_err());
     }
 
     #[test]
     fn bodies_carry_seq_and_time() {
-        assert_eq!(push_body(TargetKind::Corecast, 3, 7), r#"{"data":{"seq":3,"t_us":7}}"#);
+        assert_eq!(
+            push_body(TargetKind::Corecast, 3, 7),
+            r#"{"data":{"seq":3,"t_us":7}}"#
+        );
         assert_eq!(push_body(TargetKind::Nchan, 3, 7), r#"{"seq":3,"t_us":7}"#);
     }
 }
