@@ -127,7 +127,7 @@ pub fn hgrm_text(h: &Hist) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         h.buckets(),
-        h.distinct_values()
+        (2 * 10u32.pow(u32::from(h.sigfig()))).next_power_of_two()
     );
     out
 }
