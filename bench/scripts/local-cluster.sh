@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Brings up NODES corecast nodes on loopback, meshed together, runs one corecast-bench
+# scenario against all of them, and stops them by PID.
+#
+# Usage: bench/scripts/local-cluster.sh SCENARIO [corecast-bench args...]
+#   e.g. NODES=4 bench/scripts/local-cluster.sh broadcast --n 40000 --messages 10 --out /tmp/run
+# The script adds --ws, --http and --server-pid for every node, and --jwt-secret / --api-key.
+#
+# Environment (defaults):
+#   NODES=2               node processes (each holds < 20000 fds: plan ~18000 connections per node)
+#   CORES_PER_NODE=1      CORECAST_CORES of each node
+#   MAX_CONNECTIONS=19000 CORECAST_MAX_CONNECTIONS of each node
+#   BASE_PORT=19000       node i listens on WS BASE+10i, HTTP BASE+10i+1, mesh BASE+10i+2
+#   NODE_BIN=target/release/corecast, BENCH=target/release/corecast-bench (built if missing)
+#   LOG_DIR=$(mktemp -d)  node logs
+#   READY_TIMEOUT_S=60    wait for every /readyz
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+if [ $# -lt 1 ]; then
+    sed -n '2,16p' "$0" >&2
+    exit 2
+fi
+SCENARIO="$1"
+shift
+NODES="${NODES:-2}"
+CORES_PER_NODE="${CORES_PER_NODE:-1}"
+MAX_CONNECTIONS="${MAX_CONNECTIONS:-19000}"
+BASE_PORT="${BASE_PORT:-19000}"
+NODE_BIN="${NODE_BIN:-$ROOT/target/release/corecast}"
+BENCH="${BENCH:-$ROOT/target/release/corecast-bench}"
+LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/corecast-cluster.XXXXXX)}"
+READY_TIMEOUT_S="${READY_TIMEOUT_S:-60}"
+SECRET="${CORECAST_JWT_SECRET:-bench-secret-$RANDOM$RANDOM$RANDOM}"
+API_KEY="${CORECAST_API_KEY:-bench-key-$RANDOM$RANDOM$RANDOM}"
+
+log() { echo "[local-cluster $(date +%H:%M:%S)] $*" >&2; }
+
+if [ ! -x "$NODE_BIN" ]; then
+    log "building corecast (release)"
+    (cd "$ROOT" && cargo build --release -p corecast)
+fi
+if [ ! -x "$BENCH" ]; then
+    log "building corecast-bench (release)"
+    (cd "$ROOT" && cargo build --release -p corecast-bench)
+fi
+# Each node may hold up to the hard fd cap.
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$LOG_DIR"
+
+PEERS=""
+for ((i = 0; i < NODES; i++)); do
+    PEERS+="${PEERS:+,}tcp://127.0.0.1:$((BASE_PORT + 10 * i + 2))"
+done
+
+PIDS=()
+stop() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "node pid $pid still running after 15 s: killing"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    [ ${#PIDS[@]} -gt 0 ] && log "stopped ${#PIDS[@]} node(s); logs in $LOG_DIR"
+}
+trap stop EXIT
+
+ARGS=()
+for ((i = 0; i < NODES; i++)); do
+    ws=$((BASE_PORT + 10 * i)); http=$((ws + 1)); mesh=$((ws + 2))
+    CORECAST_NODE_ID="node$i" \
+    CORECAST_WS_LISTEN="127.0.0.1:$ws" \
+    CORECAST_HTTP_LISTEN="127.0.0.1:$http" \
+    CORECAST_MESH_LISTEN="tcp://127.0.0.1:$mesh" \
+    CORECAST_MESH_PEERS="$PEERS" \
+    CORECAST_JWT_SECRET="$SECRET" \
+    CORECAST_API_KEYS="$API_KEY" \
+    CORECAST_CORES="$CORES_PER_NODE" \
+    CORECAST_MAX_CONNECTIONS="$MAX_CONNECTIONS" \
+        "$NODE_BIN" >"$LOG_DIR/node$i.log" 2>&1 &
+    PIDS+=($!)
+    ARGS+=(--ws "ws://127.0.0.1:$ws" --http "http://127.0.0.1:$http" --server-pid "$!")
+done
+log "started $NODES node(s): pids ${PIDS[*]}; waiting for /readyz"
+
+deadline=$((SECONDS + READY_TIMEOUT_S))
+for ((i = 0; i < NODES; i++)); do
+    http=$((BASE_PORT + 10 * i + 1))
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/readyz" || true)" = "200" ]; do
+        if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+            log "node$i exited; its log:"; tail -20 "$LOG_DIR/node$i.log" >&2; exit 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            log "node$i not ready after ${READY_TIMEOUT_S} s"; tail -20 "$LOG_DIR/node$i.log" >&2; exit 1
+        fi
+        sleep 0.2
+    done
+    log "node$i ready (pid ${PIDS[$i]})"
+done
+
+log "running: corecast-bench $SCENARIO $* (${NODES} nodes)"
+"$BENCH" "$SCENARIO" "${ARGS[@]}" --jwt-secret "$SECRET" --api-key "$API_KEY" "$@"
