@@ -152,6 +152,13 @@ impl Fleet {
         })
     }
 
+    /// This process and every worker process, for sampling the client's own CPU time.
+    pub fn client_pids(&self) -> Vec<u32> {
+        std::iter::once(std::process::id())
+            .chain(self.children.iter().filter_map(Child::id))
+            .collect()
+    }
+
     /// Sends `command` to every worker.
     pub async fn broadcast(&mut self, command: &Command) -> Result<(), BenchError> {
         let mut line = serde_json::to_vec(command)?;

@@ -426,6 +426,7 @@ async fn broadcast(
     };
     let mut sent: Vec<(u64, u64)> = Vec::new();
     let before = Sample::take("broadcast_start", pids);
+    let client_before = Sample::take("broadcast_start", &fleet.client_pids());
     let start = Instant::now();
     for seq in 0..args.messages {
         let conn = &mut conns[(seq % http.len() as u64) as usize];
@@ -474,9 +475,11 @@ async fn broadcast(
         eprintln!("warning: {e}; reporting what arrived");
     }
     let after = Sample::take("broadcast_end", pids);
+    let client_after = Sample::take("broadcast_end", &fleet.client_pids());
     let reports = fleet.collect_reports(timeout).await?;
     let cost = PhaseCost::between("broadcast", before, after);
-    let delivery = fold_delivery(&reports, b.accepted * open, &mut hists.latency, &cost);
+    let client_cost = PhaseCost::between("broadcast", client_before, client_after);
+    let mut delivery = fold_delivery(&reports, b.accepted * open, &mut hists.latency, &cost);
 
     let mut deliveries_per_seq: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for r in &reports {
@@ -524,8 +527,11 @@ async fn broadcast(
         b.fanout_ms_max,
         b.deliveries_per_sec_mean.map(|r| r.round())
     );
+    delivery.client_cpu_us_per_delivery =
+        (delivery.unique > 0).then(|| client_cost.cpu_us as f64 / delivery.unique as f64);
     print_delivery(&delivery);
     summary.server.push(cost);
+    summary.client.push(client_cost);
     summary.broadcast = Some(b);
     summary.delivery = Some(delivery);
     Ok(())
@@ -533,7 +539,7 @@ async fn broadcast(
 
 fn print_delivery(d: &DeliverySummary) {
     eprintln!(
-        "deliveries {} of {} expected: lost {} duplicates {} | latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms | server CPU {:?} us/delivery",
+        "deliveries {} of {} expected: lost {} duplicates {} | latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms | CPU us/delivery: server {:?} client {:?}",
         d.unique,
         d.expected,
         d.lost,
@@ -543,6 +549,8 @@ fn print_delivery(d: &DeliverySummary) {
         d.latency.p999_ms,
         d.latency.max_ms,
         d.server_cpu_us_per_delivery
+            .map(|v| (v * 100.0).round() / 100.0),
+        d.client_cpu_us_per_delivery
             .map(|v| (v * 100.0).round() / 100.0)
     );
     if !d.closed_during_run.is_empty() {
@@ -594,6 +602,7 @@ async fn unicast(
     let timeout = Duration::from_secs(common.timeout);
     start_phase(fleet, PhaseKind::Unicast, timeout).await?;
     let before = Sample::take("unicast_start", pids);
+    let client_before = Sample::take("unicast_start", &fleet.client_pids());
     let tally = Rc::new(RefCell::new(Tally {
         push_http: Some(new_hist()),
         ..Default::default()
@@ -672,9 +681,11 @@ async fn unicast(
         eprintln!("warning: {e}; reporting what arrived");
     }
     let after = Sample::take("unicast_end", pids);
+    let client_after = Sample::take("unicast_end", &fleet.client_pids());
     let reports = fleet.collect_reports(timeout).await?;
     let cost = PhaseCost::between("unicast", before, after);
-    let delivery = fold_delivery(&reports, accepted, &mut hists.latency, &cost);
+    let client_cost = PhaseCost::between("unicast", client_before, client_after);
+    let mut delivery = fold_delivery(&reports, accepted, &mut hists.latency, &cost);
     let mut t = tally.borrow_mut();
     hists.push_http = t.push_http.take().unwrap_or_else(new_hist);
     let push_secs = t.last_answer_us.saturating_sub(start_us) as f64 / 1e6;
@@ -705,8 +716,11 @@ async fn unicast(
     if !u.push_errors.is_empty() {
         eprintln!("push errors: {:?}", u.push_errors);
     }
+    delivery.client_cpu_us_per_delivery =
+        (delivery.unique > 0).then(|| client_cost.cpu_us as f64 / delivery.unique as f64);
     print_delivery(&delivery);
     summary.server.push(cost);
+    summary.client.push(client_cost);
     summary.unicast = Some(u);
     summary.delivery = Some(delivery);
     Ok(())

@@ -19,6 +19,8 @@ pub struct Summary {
     pub connect: ConnectSummary,
     /// Server RSS and CPU around each phase, summed over `--server-pid`s.
     pub server: Vec<PhaseCost>,
+    /// The load client's own cost (parent + workers) in the delivery phase: is it the bottleneck?
+    pub client: Vec<PhaseCost>,
     pub idle: Option<IdleSummary>,
     pub broadcast: Option<BroadcastSummary>,
     pub unicast: Option<UnicastSummary>,
@@ -102,4 +104,5 @@ pub struct DeliverySummary {
     pub closed_during_run: BTreeMap<String, u64>,
     pub server_cpu_us: u64,
     pub server_cpu_us_per_delivery: Option<f64>,
+    pub client_cpu_us_per_delivery: Option<f64>,
 }
