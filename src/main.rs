@@ -1,1 +1,183 @@
-fn main() {}
+//! The `corecast` binary: parse flags, load the configuration, run a node
+//! (or mint a token), and report errors in one line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use corecast::auth::{TokenKeys, parse_ttl, random_secret};
+use corecast::config::{Config, ConfigError};
+
+/// corecast: a WebSocket push gateway. With no flags and no file, runs a
+/// dev node on 127.0.0.1:8080 (WebSocket) and 127.0.0.1:8081 (HTTP API).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeFlags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Flags that override the file and the `CORECAST_*` environment.
+#[derive(Args, Debug)]
+struct NodeFlags {
+    /// TOML configuration file (every field optional).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// WebSocket listen address (CORECAST_WS_LISTEN).
+    #[arg(long)]
+    ws_listen: Option<std::net::SocketAddr>,
+    /// HTTP API listen address (CORECAST_HTTP_LISTEN).
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
+    /// Executors, one per core; 0 = all online cores (CORECAST_CORES).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Connection cap of this node (CORECAST_MAX_CONNECTIONS).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// This node's id in the cluster (CORECAST_NODE_ID).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// ZeroMQ PUB bind address, e.g. tcp://127.0.0.1:7000 (CORECAST_MESH_LISTEN).
+    #[arg(long)]
+    mesh_listen: Option<String>,
+    /// Peers' PUB addresses, comma-separated (CORECAST_MESH_PEERS).
+    #[arg(long, value_delimiter = ',')]
+    mesh_peers: Option<Vec<String>>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mint a client token signed with the configured secret.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        uid: String,
+        /// Rooms joined at connect (and allowed for `join`), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Option<Vec<String>>,
+        /// Device label shown in presence.
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+fn load(flags: &NodeFlags) -> Result<(Config, bool), ConfigError> {
+    let mut config = match &flags.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(|name| std::env::var(name).ok())?;
+    if let Some(v) = flags.ws_listen {
+        config.ws.listen = v;
+    }
+    if let Some(v) = flags.http_listen {
+        config.http.listen = v;
+    }
+    if let Some(v) = flags.cores {
+        config.node.cores = v;
+    }
+    if let Some(v) = flags.max_connections {
+        config.limits.max_connections = v;
+    }
+    if let Some(v) = &flags.node_id {
+        config.cluster.node_id = v.clone();
+    }
+    if let Some(v) = &flags.mesh_listen {
+        config.cluster.mesh_listen = v.clone();
+    }
+    if let Some(v) = &flags.mesh_peers {
+        config.cluster.mesh_peers = v.clone();
+    }
+    config.validate()?;
+    let dev = config.auth.jwt_secret.is_empty() || config.auth.api_keys.is_empty();
+    if config.auth.jwt_secret.is_empty() {
+        config.auth.jwt_secret = random_secret();
+    }
+    if config.auth.api_keys.is_empty() {
+        config.auth.api_keys = vec![random_secret()];
+    }
+    Ok((config, dev))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, dev) = match load(&cli.node) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("corecast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Token {
+        uid,
+        rooms,
+        device,
+        ttl,
+    }) = cli.command
+    {
+        if dev {
+            eprintln!(
+                "corecast: no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
+                 a token signed with a random secret would be useless"
+            );
+            return ExitCode::from(2);
+        }
+        let ttl = match parse_ttl(&ttl) {
+            Ok(ttl) => ttl,
+            Err(e) => {
+                eprintln!("corecast: --ttl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let keys = TokenKeys::new(config.auth.jwt_secret.as_bytes());
+        println!("{}", keys.mint(&uid, rooms, device, ttl));
+        return ExitCode::SUCCESS;
+    }
+    let result = corecast::node::run(config, |config, node| {
+        if dev {
+            let token = node.tokens.mint(
+                "alice",
+                None,
+                Some("dev".into()),
+                std::time::Duration::from_secs(3600),
+            );
+            println!(
+                "corecast: dev mode: random secrets for this run only\n  \
+                 CORECAST_JWT_SECRET={}\n  CORECAST_API_KEYS={}\n\
+                 connect a client (token for uid alice, 1 h):\n  \
+                 websocat 'ws://{}/ws?token={token}'\n\
+                 push to alice:\n  \
+                 curl -X POST http://{}/v1/push/user/alice -H 'Authorization: Bearer {}' \
+                 -H 'Content-Type: application/json' -d '{{\"data\":{{\"hello\":\"world\"}}}}'",
+                config.auth.jwt_secret,
+                config.auth.api_keys[0],
+                config.ws.listen,
+                config.http.listen,
+                config.auth.api_keys[0],
+            );
+        }
+        println!(
+            "corecast: ready node_id={} ws={} http={} cores={}",
+            node.node_id,
+            config.ws.listen,
+            config.http.listen,
+            config.executor_count()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corecast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -2,3 +2,5 @@
 //! token, frame encoding and decoding, and client messages.
 
 pub mod frame;
+pub mod handshake;
+pub mod message;

@@ -1,0 +1,100 @@
+//! The per-core HTTP port: hyper 1.x serving HTTP/1.1 on glommio streams
+//! (a permit per connection, taken before accept), routed to the push API
+//! in [`api`].
+
+pub mod api;
+
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use hyper::service::service_fn;
+
+use crate::core::Core;
+
+/// Largest request head hyper buffers (request line and headers).
+const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// A glommio stream as hyper's I/O.
+struct HyperStream(TcpStream);
+
+impl hyper::rt::Read for HyperStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: the slice is zeroed before it is handed out as initialized
+        // memory, and `advance` is called only with what was read into it.
+        let slice = unsafe {
+            let uninit = buf.as_mut();
+            uninit.as_mut_ptr().write_bytes(0, uninit.len());
+            std::slice::from_raw_parts_mut(uninit.as_mut_ptr().cast::<u8>(), uninit.len())
+        };
+        match Pin::new(&mut self.0).poll_read(cx, slice) {
+            Poll::Ready(Ok(n)) => {
+                // SAFETY: `n` bytes were written by the read above.
+                unsafe { buf.advance(n) };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for HyperStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// Accepts HTTP connections on this core until cancelled.
+pub async fn serve(core: Rc<Core>, listener: TcpListener) {
+    let permits = Rc::new(Semaphore::new(
+        core.config.limits.http_connections_per_core_max as u64,
+    ));
+    loop {
+        let Ok(permit) = permits.acquire_static_permit(1).await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("corecast: core {}: HTTP accept failed: {e}", core.id);
+                drop(permit);
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let service = service_fn(move |req| {
+                let core = core.clone();
+                async move { Ok::<_, std::convert::Infallible>(api::handle(core, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(HTTP_HEAD_BYTES_MAX)
+                .serve_connection(HyperStream(stream), service)
+                .await;
+            drop(permit);
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,178 @@
+//! The per-core heartbeat wheel: one coarse timer per core instead of one
+//! timer per connection. Each tick visits the connections due in its slot:
+//! pings the ones due a ping, closes the ones silent past the idle timeout,
+//! and ends the ones whose closing handshake outlived its grace.
+
+use std::rc::{Rc, Weak};
+
+use bytes::Bytes;
+
+use crate::limits::WHEEL_SLOTS;
+use crate::session::channel::{Channel, ChannelState};
+use crate::session::disconnect::DisconnectReason;
+
+/// Ticks a closing connection gets to finish the close handshake.
+pub const CLOSE_GRACE_TICKS: u32 = 3;
+
+/// Heartbeat periods, in ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct Periods {
+    pub ping_ticks: u32,
+    pub idle_ticks: u32,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub pinged: u32,
+    pub idle_closed: u32,
+    pub killed: u32,
+}
+
+/// A hashed timing wheel of weak channel references.
+#[derive(Debug)]
+pub struct Wheel {
+    slots: Vec<Vec<Weak<Channel>>>,
+}
+
+impl Default for Wheel {
+    fn default() -> Self {
+        Self {
+            slots: (0..WHEEL_SLOTS).map(|_| Vec::new()).collect(),
+        }
+    }
+}
+
+fn slot_of(tick: u32) -> usize {
+    tick as usize & (WHEEL_SLOTS - 1)
+}
+
+impl Wheel {
+    /// Schedules `channel` to be visited `after` ticks from `now` (at least
+    /// one; a delay past the wheel's turn is re-checked and re-queued).
+    pub fn schedule(&mut self, channel: &Rc<Channel>, now: u32, after: u32) {
+        let after = after.clamp(1, WHEEL_SLOTS as u32 - 1);
+        self.slots[slot_of(now.wrapping_add(after))].push(Rc::downgrade(channel));
+    }
+
+    /// Visits the connections due at `now`.
+    pub fn tick(&mut self, now: u32, periods: Periods, ping: &Bytes) -> TickReport {
+        let mut report = TickReport::default();
+        let due = std::mem::take(&mut self.slots[slot_of(now)]);
+        for weak in &due {
+            let Some(channel) = weak.upgrade() else {
+                continue;
+            };
+            match channel.state() {
+                ChannelState::Dead(_) => {}
+                ChannelState::Closing { since_tick, .. } => {
+                    if now.wrapping_sub(since_tick) >= CLOSE_GRACE_TICKS {
+                        channel.kill(DisconnectReason::IdleTimeout);
+                        report.killed += 1;
+                    } else {
+                        self.schedule(&channel, now, 1);
+                    }
+                }
+                ChannelState::Open => {
+                    let silent = now.wrapping_sub(channel.last_seen_tick.get());
+                    if silent >= periods.idle_ticks {
+                        channel.close(DisconnectReason::IdleTimeout, now, false);
+                        report.idle_closed += 1;
+                        self.schedule(&channel, now, 1);
+                        continue;
+                    }
+                    let since_ping = now.wrapping_sub(channel.last_ping_tick.get());
+                    if since_ping >= periods.ping_ticks {
+                        channel.send_pong_or_ping(ping);
+                        channel.last_ping_tick.set(now);
+                        report.pinged += 1;
+                    }
+                    let next_ping = periods
+                        .ping_ticks
+                        .saturating_sub(now.wrapping_sub(channel.last_ping_tick.get()));
+                    let next_idle = periods.idle_ticks - silent;
+                    self.schedule(&channel, now, next_ping.min(next_idle));
+                }
+            }
+        }
+        // Reuse the slot's allocation for the next turn.
+        let mut due = due;
+        due.clear();
+        if self.slots[slot_of(now)].is_empty() {
+            self.slots[slot_of(now)] = due;
+        }
+        report
+    }
+
+    /// Entries held (live or stale), for tests and leak checks.
+    pub fn len(&self) -> usize {
+        self.slots.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(tick: u32) -> Rc<Channel> {
+        Rc::new(Channel::new(1, -1, Rc::from("u"), None, None, 0, tick))
+    }
+
+    const PERIODS: Periods = Periods {
+        ping_ticks: 5,
+        idle_ticks: 12,
+    };
+
+    fn run(wheel: &mut Wheel, from: u32, to: u32) -> TickReport {
+        let ping = Bytes::from_static(&[0x89, 0]);
+        let mut total = TickReport::default();
+        for t in from..=to {
+            let r = wheel.tick(t, PERIODS, &ping);
+            total.pinged += r.pinged;
+            total.idle_closed += r.idle_closed;
+            total.killed += r.killed;
+        }
+        total
+    }
+
+    #[test]
+    fn silent_connection_is_pinged_then_closed_then_killed() {
+        let mut wheel = Wheel::default();
+        let c = channel(0);
+        wheel.schedule(&c, 0, PERIODS.ping_ticks);
+        let report = run(&mut wheel, 1, 11);
+        assert_eq!(report.pinged, 2);
+        assert!(c.is_open());
+        let report = run(&mut wheel, 12, 12);
+        assert_eq!(report.idle_closed, 1);
+        assert!(matches!(c.state(), ChannelState::Closing { .. }));
+        run(&mut wheel, 13, 20);
+        assert!(matches!(c.state(), ChannelState::Dead(_)));
+    }
+
+    #[test]
+    fn active_connection_stays_open() {
+        let mut wheel = Wheel::default();
+        let c = channel(0);
+        wheel.schedule(&c, 0, PERIODS.ping_ticks);
+        for t in 1..200 {
+            c.last_seen_tick.set(t);
+            run(&mut wheel, t, t);
+        }
+        assert!(c.is_open());
+    }
+
+    #[test]
+    fn dropped_channels_leave_the_wheel() {
+        let mut wheel = Wheel::default();
+        let c = channel(0);
+        wheel.schedule(&c, 0, 1);
+        drop(c);
+        run(&mut wheel, 1, 1);
+        assert!(wheel.is_empty());
+    }
+}
