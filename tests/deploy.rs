@@ -630,7 +630,7 @@ fn kernel_tuning_covers_every_knob() {
 
 #[test]
 fn kernel_tuning_check_reports_every_knob() {
-    let out = run(Command::new(kernel_dir().join("check.sh")));
+    let out = run(&mut Command::new(kernel_dir().join("check.sh")));
     let code = out.status.code();
     assert!(
         matches!(code, Some(0) | Some(1)),
