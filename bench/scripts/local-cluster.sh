@@ -9,7 +9,8 @@
 # Environment (defaults):
 #   NODES=2               node processes (each holds < 20000 fds: plan ~18000 connections per node)
 #   CORES_PER_NODE=1      CORECAST_CORES of each node
-#   MAX_CONNECTIONS=19000 CORECAST_MAX_CONNECTIONS of each node
+#   MAX_CONNECTIONS=18000 CORECAST_MAX_CONNECTIONS of each node
+#   MESH=auto             wire the mesh (auto: only when NODES > 1; 1 = always; 0 = never)
 #   BASE_PORT=19000       node i listens on WS BASE+10i, HTTP BASE+10i+1, mesh BASE+10i+2
 #   NODE_BIN=target/release/corecast, BENCH=target/release/corecast-bench (built if missing)
 #   LOG_DIR=$(mktemp -d)  node logs
@@ -18,14 +19,16 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ $# -lt 1 ]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 fi
 SCENARIO="$1"
 shift
 NODES="${NODES:-2}"
 CORES_PER_NODE="${CORES_PER_NODE:-1}"
-MAX_CONNECTIONS="${MAX_CONNECTIONS:-19000}"
+MAX_CONNECTIONS="${MAX_CONNECTIONS:-18000}"
+MESH="${MESH:-auto}"
+if [ "$MESH" = auto ]; then if [ "$NODES" -gt 1 ]; then MESH=1; else MESH=0; fi; fi
 BASE_PORT="${BASE_PORT:-19000}"
 NODE_BIN="${NODE_BIN:-$ROOT/target/release/corecast}"
 BENCH="${BENCH:-$ROOT/target/release/corecast-bench}"
@@ -70,16 +73,19 @@ trap stop EXIT
 ARGS=()
 for ((i = 0; i < NODES; i++)); do
     ws=$((BASE_PORT + 10 * i)); http=$((ws + 1)); mesh=$((ws + 2))
-    CORECAST_NODE_ID="node$i" \
-    CORECAST_WS_LISTEN="127.0.0.1:$ws" \
-    CORECAST_HTTP_LISTEN="127.0.0.1:$http" \
-    CORECAST_MESH_LISTEN="tcp://127.0.0.1:$mesh" \
-    CORECAST_MESH_PEERS="$PEERS" \
-    CORECAST_JWT_SECRET="$SECRET" \
-    CORECAST_API_KEYS="$API_KEY" \
-    CORECAST_CORES="$CORES_PER_NODE" \
-    CORECAST_MAX_CONNECTIONS="$MAX_CONNECTIONS" \
-        "$NODE_BIN" >"$LOG_DIR/node$i.log" 2>&1 &
+    envs=(
+        CORECAST_NODE_ID="node$i"
+        CORECAST_WS_LISTEN="127.0.0.1:$ws"
+        CORECAST_HTTP_LISTEN="127.0.0.1:$http"
+        CORECAST_JWT_SECRET="$SECRET"
+        CORECAST_API_KEYS="$API_KEY"
+        CORECAST_CORES="$CORES_PER_NODE"
+        CORECAST_MAX_CONNECTIONS="$MAX_CONNECTIONS"
+    )
+    if [ "$MESH" = 1 ]; then
+        envs+=(CORECAST_MESH_LISTEN="tcp://127.0.0.1:$mesh" CORECAST_MESH_PEERS="$PEERS")
+    fi
+    env "${envs[@]}" "$NODE_BIN" >"$LOG_DIR/node$i.log" 2>&1 &
     PIDS+=($!)
     ARGS+=(--ws "ws://127.0.0.1:$ws" --http "http://127.0.0.1:$http" --server-pid "$!")
 done
