@@ -89,10 +89,10 @@ impl TokenKeys {
                 ErrorKind::MissingRequiredClaim(c) => {
                     TokenError::BadClaims(format!("missing claim {c}"))
                 }
-                ErrorKind::InvalidClaimFormat(c) => {
-                    TokenError::BadClaims(format!("bad claim {c}"))
+                ErrorKind::InvalidClaimFormat(c) => TokenError::BadClaims(format!("bad claim {c}")),
+                ErrorKind::Json(_) => {
+                    TokenError::BadClaims("claims are not the expected JSON".into())
                 }
-                ErrorKind::Json(_) => TokenError::BadClaims("claims are not the expected JSON".into()),
                 _ => TokenError::Malformed,
             })?;
         let claims = data.claims;
@@ -114,7 +114,11 @@ impl TokenKeys {
                 )));
             }
         }
-        if claims.device.as_ref().is_some_and(|d| d.len() > NAME_BYTES_MAX) {
+        if claims
+            .device
+            .as_ref()
+            .is_some_and(|d| d.len() > NAME_BYTES_MAX)
+        {
             return Err(TokenError::BadClaims("device label too long".into()));
         }
         Ok(claims)
@@ -188,8 +192,13 @@ pub fn random_secret() -> String {
 /// Parses a duration like `90s`, `15m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -207,7 +216,12 @@ mod tests {
     #[test]
     fn mint_then_verify() {
         let keys = TokenKeys::new(b"secret");
-        let token = keys.mint("alice", Some(vec!["a".into()]), None, Duration::from_secs(60));
+        let token = keys.mint(
+            "alice",
+            Some(vec!["a".into()]),
+            None,
+            Duration::from_secs(60),
+        );
         let claims = keys.verify(&token, 8).unwrap();
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.rooms, Some(vec!["a".to_string()]));
@@ -226,12 +240,18 @@ mod tests {
             rooms: None,
             device: None,
         };
-        let token =
-            jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(b"secret"))
-                .unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(keys.verify(&token, 8), Err(TokenError::Expired));
         let rooms = keys.mint("a", Some(vec!["r".into(); 3]), None, Duration::from_secs(9));
-        assert!(matches!(keys.verify(&rooms, 2), Err(TokenError::BadClaims(_))));
+        assert!(matches!(
+            keys.verify(&rooms, 2),
+            Err(TokenError::BadClaims(_))
+        ));
     }
 
     #[test]

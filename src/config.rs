@@ -128,7 +128,10 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("jwt_secret", &"<redacted>")
-            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
+            .field(
+                "api_keys",
+                &format_args!("<{} redacted>", self.api_keys.len()),
+            )
             .finish()
     }
 }
@@ -241,7 +244,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("CORECAST_DRAIN_PERIOD_MS", "shutdown.drain_period_ms"),
     ("CORECAST_PING_INTERVAL_MS", "heartbeat.ping_interval_ms"),
     ("CORECAST_IDLE_TIMEOUT_MS", "heartbeat.idle_timeout_ms"),
-    ("CORECAST_HANDSHAKE_TIMEOUT_MS", "limits.handshake_timeout_ms"),
+    (
+        "CORECAST_HANDSHAKE_TIMEOUT_MS",
+        "limits.handshake_timeout_ms",
+    ),
     (
         "CORECAST_MAX_CHANNELS_PER_USER",
         "limits.max_channels_per_user",
@@ -454,7 +460,10 @@ mod tests {
         let env: HashMap<&str, &str> = [
             ("CORECAST_WS_LISTEN", "127.0.0.1:9100"),
             ("CORECAST_API_KEYS", "a, b,,c"),
-            ("CORECAST_MESH_PEERS", "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002"),
+            (
+                "CORECAST_MESH_PEERS",
+                "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002",
+            ),
         ]
         .into();
         config

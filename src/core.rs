@@ -191,6 +191,12 @@ impl Core {
         self.refresh_gauges();
     }
 
+    /// Makes the heartbeat wheel end a closing connection whose client does
+    /// not finish the close handshake in time.
+    pub fn watch_closing(&self, channel: &Rc<Channel>) {
+        self.wheel.borrow_mut().schedule(channel, self.tick(), 1);
+    }
+
     /// Called by a connection task when it ends.
     pub fn connection_ended(&self, channel: &Channel, reason: DisconnectReason) {
         self.shard.borrow_mut().remove(channel);
@@ -256,10 +262,10 @@ impl Core {
 
     /// Delivers to this core's recipients; records push-to-socket latency.
     pub fn deliver_local(&self, push: &Push, target: &Target) -> u32 {
-        let fanout = self
-            .shard
-            .borrow()
-            .deliver(target, &push.frame, self.queue_caps(), self.tick());
+        let fanout =
+            self.shard
+                .borrow()
+                .deliver(target, &push.frame, self.queue_caps(), self.tick());
         if fanout.delivered > 0 {
             self.metrics.delivered(u64::from(fanout.delivered));
             let micros = push.accepted_at.elapsed().as_micros() as u64;
@@ -347,7 +353,10 @@ impl Core {
         if to == self.id {
             self.handle(msg);
         } else if let Err(e) = self.senders.send_to(to, msg).await {
-            eprintln!("corecast: core {} -> core {to}: channel closed: {e}", self.id);
+            eprintln!(
+                "corecast: core {} -> core {to}: channel closed: {e}",
+                self.id
+            );
         }
     }
 
@@ -355,7 +364,13 @@ impl Core {
     /// cores now, the cluster through the mesh. Returns local recipients.
     pub async fn push(self: &Rc<Self>, push: Arc<Push>, target: Target) -> u32 {
         if let Some(mesh) = &self.node.mesh {
-            mesh.publish(&push.id, &target, push.kind, &push.payload, push.created_at_us);
+            mesh.publish(
+                &push.id,
+                &target,
+                push.kind,
+                &push.payload,
+                push.created_at_us,
+            );
         }
         self.fan_out(push, target).await
     }
@@ -439,7 +454,8 @@ impl Core {
             return self.shard.borrow().presence(&uid, self.id);
         }
         let (tx, rx) = async_channel::bounded(1);
-        self.send_to(home, CoreMsg::Presence { uid, reply: tx }).await;
+        self.send_to(home, CoreMsg::Presence { uid, reply: tx })
+            .await;
         rx.recv().await.unwrap_or_default()
     }
 
@@ -486,7 +502,9 @@ impl Core {
             Err(error) => {
                 self.metrics.handshake(error.outcome());
                 match &error {
-                    HandshakeError::TooLarge(_) => self.metrics.refused(Limit::HandshakeHeaderBytes),
+                    HandshakeError::TooLarge(_) => {
+                        self.metrics.refused(Limit::HandshakeHeaderBytes)
+                    }
                     HandshakeError::Timeout => self.metrics.refused(Limit::HandshakeTimeout),
                     HandshakeError::OverCapacity => self.metrics.refused(Limit::MaxConnections),
                     _ => {}
@@ -510,7 +528,8 @@ impl Core {
                 match nix::unistd::dup(borrowed) {
                     Ok(fd) => {
                         drop(stream);
-                        self.send_to(home, CoreMsg::HandOff { fd, claims, accept }).await;
+                        self.send_to(home, CoreMsg::HandOff { fd, claims, accept })
+                            .await;
                     }
                     Err(_) => {
                         self.node.connections.fetch_sub(1, Ordering::Relaxed);
@@ -551,7 +570,9 @@ impl Core {
         let token = request
             .token
             .as_deref()
-            .ok_or(HandshakeError::Unauthorized(crate::auth::TokenError::Missing))?;
+            .ok_or(HandshakeError::Unauthorized(
+                crate::auth::TokenError::Missing,
+            ))?;
         let claims = self
             .node
             .tokens
@@ -668,7 +689,9 @@ fn spawn_heartbeat(core: Rc<Core>) {
             let due = start + Duration::from_millis(TICK_MS * u64::from(next));
             glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
             core.tick.set(next);
-            core.wheel.borrow_mut().tick(next, periods, &core.ping_frame);
+            core.wheel
+                .borrow_mut()
+                .tick(next, periods, &core.ping_frame);
         }
     })
     .detach();

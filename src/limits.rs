@@ -62,4 +62,7 @@ pub const DRAIN_STEPS: u64 = 50;
 const _: () = assert!(HANDSHAKE_HEADER_BYTES_MIN <= READ_BUFFER_BYTES);
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MIN + FRAME_HEADER_BYTES_MAX <= READ_BUFFER_BYTES);
 const _: () = assert!(WHEEL_SLOTS.is_power_of_two());
-const _: () = assert!(CORES_MAX * CORES_MAX <= 1 << 16, "channel mesh is n squared");
+const _: () = assert!(
+    CORES_MAX * CORES_MAX <= 1 << 16,
+    "channel mesh is n squared"
+);

@@ -105,8 +105,8 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
 
 /// Upper bounds (seconds) of the exported latency histogram buckets.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 /// A latency histogram in microseconds, 1 us to 60 s, 3 significant digits.
@@ -332,7 +332,9 @@ impl Collector for NodeCollector {
             "corecast_handshakes",
             "WebSocket handshakes by outcome",
             "outcome",
-            HandshakeOutcome::ALL.iter().map(|o| (o.label(), handshakes[*o as usize])),
+            HandshakeOutcome::ALL
+                .iter()
+                .map(|o| (o.label(), handshakes[*o as usize])),
         )?;
         let pushes = summed(cores, |c| &c.pushes);
         counter_family(
@@ -340,7 +342,9 @@ impl Collector for NodeCollector {
             "corecast_pushes",
             "Pushes accepted by this node's HTTP API, by kind",
             "kind",
-            PushKind::ALL.iter().map(|k| (k.label(), pushes[*k as usize])),
+            PushKind::ALL
+                .iter()
+                .map(|k| (k.label(), pushes[*k as usize])),
         )?;
         {
             let mut metric = encoder.encode_descriptor(
@@ -361,7 +365,9 @@ impl Collector for NodeCollector {
             "corecast_disconnects",
             "Connections closed by the node or the client, by reason",
             "reason",
-            DisconnectReason::ALL.iter().map(|r| (r.label(), disconnects[*r as usize])),
+            DisconnectReason::ALL
+                .iter()
+                .map(|r| (r.label(), disconnects[*r as usize])),
         )?;
         let limits = summed(cores, |c| &c.limits);
         counter_family(
@@ -380,7 +386,10 @@ impl Collector for NodeCollector {
             )?;
             for route in Route::ALL {
                 for (i, status) in HTTP_STATUSES.iter().enumerate() {
-                    let total: u64 = cores.iter().map(|c| load(&c.http[*route as usize][i])).sum();
+                    let total: u64 = cores
+                        .iter()
+                        .map(|c| load(&c.http[*route as usize][i]))
+                        .sum();
                     if total == 0 && !matches!(status, 200 | 202) {
                         continue;
                     }

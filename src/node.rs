@@ -75,8 +75,7 @@ fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<OwnedFd>), Start
         &SockaddrStorage::from(addr),
     )
     .map_err(fail)?;
-    let bound: SockaddrStorage =
-        getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(fail)?;
+    let bound: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(fail)?;
     let port = bound
         .as_sockaddr_in()
         .map(|a| a.port())
@@ -245,10 +244,12 @@ fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> 
     for executor in executors {
         let _ = executor.join();
     }
-    if let Ok(node) = Arc::try_unwrap(node) {
-        if let Some(mesh) = node.mesh {
-            mesh.shutdown();
-        }
+    // The executors are gone, so this is the last reference to the node.
+    if let Ok(Node {
+        mesh: Some(mesh), ..
+    }) = Arc::try_unwrap(node)
+    {
+        mesh.shutdown();
     }
     eprintln!("corecast: drained, exiting");
     Ok(())

@@ -188,7 +188,11 @@ async fn dispatch(
         }
         (Route::PushBroadcast, _) => push(core, req, Target::Broadcast, PushKind::Broadcast).await,
         (Route::PushUsers, _) => push(core, req, Target::Users(Vec::new()), PushKind::Users).await,
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        )),
     }
 }
 
@@ -196,7 +200,9 @@ fn name(raw: &str, what: &str) -> Result<String, ApiError> {
     if valid_name(raw) {
         Ok(raw.to_string())
     } else {
-        Err(ApiError::bad_request(format!("{what} must be 1..=256 bytes")))
+        Err(ApiError::bad_request(format!(
+            "{what} must be 1..=256 bytes"
+        )))
     }
 }
 

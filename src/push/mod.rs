@@ -146,9 +146,9 @@ pub fn home_core(uid: &str, cores: usize) -> usize {
 /// home core; rooms and broadcasts go to every core.
 pub fn route(target: &Target, cores: usize) -> Vec<(usize, Target)> {
     match target {
-        Target::User(uid)
-        | Target::RoomJoin { uid, .. }
-        | Target::RoomLeave { uid, .. } => vec![(home_core(uid, cores), target.clone())],
+        Target::User(uid) | Target::RoomJoin { uid, .. } | Target::RoomLeave { uid, .. } => {
+            vec![(home_core(uid, cores), target.clone())]
+        }
         Target::Users(uids) => {
             let mut per_core: Vec<Vec<String>> = vec![Vec::new(); cores];
             for uid in uids {

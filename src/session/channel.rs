@@ -169,7 +169,11 @@ impl Channel {
     fn enqueue(&self, bytes: &Bytes, caps: Option<QueueCaps>) -> Sent {
         let mut out = self.out.borrow_mut();
         if out.frames.is_empty() {
-            match send(self.fd, bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+            match send(
+                self.fd,
+                bytes,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
                 Ok(n) if n == bytes.len() => return Sent::Written,
                 Ok(n) => {
                     out.frames.push_back(bytes.slice(n..));

@@ -73,9 +73,7 @@ impl Connection {
             }
             Poll::Ready(Ok(n)) => {
                 self.channel.last_seen_tick.set(self.core.tick());
-                if self.channel.is_open() {
-                    self.on_bytes(&mut buf[..n]);
-                }
+                self.on_bytes(&mut buf[..n]);
                 false
             }
         };
@@ -99,7 +97,7 @@ impl Connection {
             &mut pending
         };
         let mut at = 0;
-        while at < data.len() && self.channel.is_open() {
+        while at < data.len() && !matches!(self.channel.state(), ChannelState::Dead(_)) {
             match frame::decode_client_frame(&mut data[at..], max) {
                 Ok(Some((frame, used))) => {
                     let (opcode, is_final) = (frame.opcode, frame.is_final);
@@ -138,7 +136,20 @@ impl Connection {
         self.channel.close(reason, self.core.tick(), false);
     }
 
-    fn on_frame(&mut self, opcode: OpCode, is_final: bool, payload: &[u8]) -> Result<(), FrameError> {
+    fn on_frame(
+        &mut self,
+        opcode: OpCode,
+        is_final: bool,
+        payload: &[u8],
+    ) -> Result<(), FrameError> {
+        if !self.channel.is_open() {
+            // Closing: the client's close frame completes the handshake;
+            // anything else it sends meanwhile is dropped.
+            if opcode == OpCode::Control(Control::Close) {
+                self.channel.kill(DisconnectReason::ClientClose);
+            }
+            return Ok(());
+        }
         match opcode {
             OpCode::Control(Control::Ping) => {
                 let pong = frame::encode(OpCode::Control(Control::Pong), payload);
@@ -194,7 +205,8 @@ impl Connection {
         self.channel.rate_window.set((tick, count));
         if count > limit.saturating_mul(2) {
             self.core.metrics.refused(Limit::ClientMessageRate);
-            self.channel.close(DisconnectReason::RateLimited, tick, false);
+            self.channel
+                .close(DisconnectReason::RateLimited, tick, false);
             return Ok(());
         }
         if count > limit {
@@ -273,6 +285,7 @@ impl Future for Connection {
                         nix::sys::socket::Shutdown::Write,
                     );
                     this.write_shut = true;
+                    this.core.watch_closing(&this.channel);
                 }
                 _ => {}
             }

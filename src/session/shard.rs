@@ -137,7 +137,10 @@ impl Shard {
             .get_key_value(room)
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| Rc::from(room));
-        self.rooms.entry(room.clone()).or_default().insert(uid.clone());
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(uid.clone());
         self.users
             .get_mut(&uid)
             .expect("user looked up above")
@@ -273,7 +276,10 @@ mod tests {
         shard.remove(&c1);
         assert_eq!(shard.rooms(), 1);
         shard.remove(&c2);
-        assert_eq!((shard.rooms(), shard.users(), shard.connections()), (0, 0, 0));
+        assert_eq!(
+            (shard.rooms(), shard.users(), shard.connections()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

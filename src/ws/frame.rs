@@ -250,7 +250,12 @@ mod tests {
 
     #[test]
     fn text_push_escapes() {
-        let frame = encode_push("m\"2", None, ContentKind::Text, "he said \"hi\"\n".as_bytes());
+        let frame = encode_push(
+            "m\"2",
+            None,
+            ContentKind::Text,
+            "he said \"hi\"\n".as_bytes(),
+        );
         let value: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
         assert_eq!(value["data"], "he said \"hi\"\n");
         assert_eq!(value["id"], "m\"2");

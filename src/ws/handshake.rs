@@ -53,9 +53,7 @@ impl HandshakeError {
             HandshakeError::MethodNotAllowed => (405, "Method Not Allowed"),
             HandshakeError::NotFound => (404, "Not Found"),
             HandshakeError::Unauthorized(_) => (401, "Unauthorized"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => {
-                (503, "Service Unavailable")
-            }
+            HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
             HandshakeError::Timeout => (408, "Request Timeout"),
         }
     }
@@ -107,7 +105,10 @@ impl HandshakeError {
 
 /// Parses `buf` as an upgrade request. `Ok(None)`: the headers are not
 /// complete yet (and fit in `max_bytes` so far).
-pub fn parse_upgrade(buf: &[u8], max_bytes: usize) -> Result<Option<UpgradeRequest>, HandshakeError> {
+pub fn parse_upgrade(
+    buf: &[u8],
+    max_bytes: usize,
+) -> Result<Option<UpgradeRequest>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; HANDSHAKE_HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
     let status = request.parse(buf).map_err(|e| match e {
@@ -151,7 +152,9 @@ pub fn parse_upgrade(buf: &[u8], max_bytes: usize) -> Result<Option<UpgradeReque
         return Err(HandshakeError::NotWebSocket("missing Connection: upgrade"));
     }
     if header("sec-websocket-version") != Some(b"13") {
-        return Err(HandshakeError::NotWebSocket("Sec-WebSocket-Version must be 13"));
+        return Err(HandshakeError::NotWebSocket(
+            "Sec-WebSocket-Version must be 13",
+        ));
     }
     let key = header("sec-websocket-key")
         .filter(|k| {
@@ -159,7 +162,9 @@ pub fn parse_upgrade(buf: &[u8], max_bytes: usize) -> Result<Option<UpgradeReque
                 .decode(k.trim_ascii())
                 .is_ok_and(|raw| raw.len() == 16)
         })
-        .ok_or(HandshakeError::NotWebSocket("missing or bad Sec-WebSocket-Key"))?;
+        .ok_or(HandshakeError::NotWebSocket(
+            "missing or bad Sec-WebSocket-Key",
+        ))?;
     let token = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
@@ -213,7 +218,9 @@ mod tests {
 
     #[test]
     fn token_from_query_or_header() {
-        let up = parse_upgrade(&request("/ws?a=1&token=abc", ""), 8192).unwrap().unwrap();
+        let up = parse_upgrade(&request("/ws?a=1&token=abc", ""), 8192)
+            .unwrap()
+            .unwrap();
         assert_eq!(up.token.as_deref(), Some("abc"));
         let up = parse_upgrade(&request("/ws", "Authorization: Bearer xyz\r\n"), 8192)
             .unwrap()
@@ -235,7 +242,10 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(parse_upgrade(&request("/x", ""), 8192), Err(HandshakeError::NotFound));
+        assert_eq!(
+            parse_upgrade(&request("/x", ""), 8192),
+            Err(HandshakeError::NotFound)
+        );
         let plain = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
             parse_upgrade(plain, 8192),
@@ -245,9 +255,16 @@ mod tests {
             parse_upgrade(b"\x16\x03\x01garbage\r\n\r\n", 8192),
             Err(HandshakeError::Malformed(_))
         ));
-        let post = request("/ws", "").iter().skip(3).copied().collect::<Vec<_>>();
+        let post = request("/ws", "")
+            .iter()
+            .skip(3)
+            .copied()
+            .collect::<Vec<_>>();
         let post = [b"POST".as_slice(), &post].concat();
-        assert_eq!(parse_upgrade(&post, 8192), Err(HandshakeError::MethodNotAllowed));
+        assert_eq!(
+            parse_upgrade(&post, 8192),
+            Err(HandshakeError::MethodNotAllowed)
+        );
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
         assert!(matches!(
             parse_upgrade(&request("/ws", &many), 1 << 20),

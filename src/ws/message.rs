@@ -97,9 +97,15 @@ mod tests {
     #[test]
     fn refusals() {
         assert_eq!(parse(b"{"), Err(MessageError::BadJson));
-        assert_eq!(parse(br#"{"type":"dance"}"#), Err(MessageError::UnknownType));
+        assert_eq!(
+            parse(br#"{"type":"dance"}"#),
+            Err(MessageError::UnknownType)
+        );
         assert_eq!(parse(br#"{"type":"join"}"#), Err(MessageError::BadRoom));
-        assert_eq!(parse(br#"{"type":"join","room":""}"#), Err(MessageError::BadRoom));
+        assert_eq!(
+            parse(br#"{"type":"join","room":""}"#),
+            Err(MessageError::BadRoom)
+        );
         assert!(MessageError::Forbidden.to_json().contains("forbidden"));
     }
 }

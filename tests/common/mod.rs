@@ -1,0 +1,281 @@
+//! Test harness: a real `corecast` process on loopback ports chosen by the
+//! kernel, real WebSocket clients (tungstenite over std sockets) and real
+//! HTTP (ureq). Every node is stopped by PID when its handle drops.
+#![allow(dead_code, clippy::zombie_processes)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corecast::auth::TokenKeys;
+use serde_json::Value;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "test-secret-0123456789";
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Node {
+    pub child: Child,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+    pub node_id: String,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node with the test secret and key on ports 0, plus `env`.
+    pub fn start_with(env: &[(&str, &str)]) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corecast"));
+        command
+            .env("CORECAST_WS_LISTEN", "127.0.0.1:0")
+            .env("CORECAST_HTTP_LISTEN", "127.0.0.1:0")
+            .env("CORECAST_JWT_SECRET", SECRET)
+            .env("CORECAST_API_KEYS", API_KEY)
+            .env("CORECAST_CORES", "2")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn corecast");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "node did not become ready");
+            let line = lines
+                .next()
+                .expect("node exited before it was ready")
+                .expect("read stdout");
+            if line.starts_with("corecast: ready") {
+                let node = Node {
+                    ws: field(&line, "ws").unwrap().parse().unwrap(),
+                    http: field(&line, "http").unwrap().parse().unwrap(),
+                    node_id: field(&line, "node_id").unwrap().to_string(),
+                    child,
+                };
+                // Keep draining stdout so the node never blocks on it.
+                std::thread::spawn(move || for _ in lines.by_ref() {});
+                return node;
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn token(&self, uid: &str, rooms: Option<&[&str]>) -> String {
+        TokenKeys::new(SECRET.as_bytes()).mint(
+            uid,
+            rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            None,
+            Duration::from_secs(600),
+        )
+    }
+
+    pub fn connect(&self, uid: &str) -> Client {
+        self.connect_with_token(&self.token(uid, None))
+    }
+
+    pub fn connect_rooms(&self, uid: &str, rooms: &[&str]) -> Client {
+        self.connect_with_token(&self.token(uid, Some(rooms)))
+    }
+
+    pub fn connect_with_token(&self, token: &str) -> Client {
+        self.try_connect(&format!("/ws?token={token}"))
+            .unwrap_or_else(|e| panic!("connect failed: {e}"))
+    }
+
+    /// Connects on `path`, returning the HTTP status of a refused upgrade.
+    pub fn try_connect(&self, path: &str) -> Result<Client, u16> {
+        let stream = TcpStream::connect(self.ws).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let url = format!("ws://{}{path}", self.ws);
+        match tungstenite::client::client_with_config(url, stream, Some(small_config())) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                Err(resp.status().as_u16())
+            }
+            Err(e) => panic!("handshake error: {e}"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// POSTs `body` with `content_type` and the API key; returns status and
+    /// the JSON answer.
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+        let request = ureq::post(&self.url(path))
+            .set("Authorization", &format!("Bearer {API_KEY}"))
+            .set("Content-Type", content_type);
+        answer(request.send_bytes(body))
+    }
+
+    pub fn push_json(&self, path: &str, data: Value) -> (u16, Value) {
+        let body = serde_json::json!({ "data": data }).to_string();
+        self.post(path, "application/json", body.as_bytes())
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> (u16, Value) {
+        answer(
+            ureq::request(method, &self.url(path))
+                .set("Authorization", &format!("Bearer {API_KEY}"))
+                .call(),
+        )
+    }
+
+    pub fn metrics(&self) -> String {
+        ureq::get(&self.url("/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .unwrap()
+    }
+
+    /// The value of one series in `/metrics` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `check` holds on the metrics text.
+    pub fn wait_metric(&self, series: &str, want: f64) {
+        let deadline = Instant::now() + WAIT;
+        while self.metric(series) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{series} never became {want}: {}",
+                self.metric(series)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn connections(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter_map(|l| l.strip_prefix("corecast_connections_active{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("http: {e}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A client config with small buffers (tungstenite's defaults are 128 KiB
+/// each way per connection).
+pub fn small_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    /// The next text message as JSON (pings are answered on the way).
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Text(text) => return serde_json::from_str(&text).expect("json"),
+                Message::Binary(b) => return Value::String(format!("binary:{}", b.len())),
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    pub fn recv_message(&mut self) -> Message {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(frame))) => return frame.code.into(),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        }
+    }
+
+    /// Whether nothing arrives within `wait`.
+    pub fn silent_for(&mut self, wait: Duration) -> bool {
+        self.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+        let result = loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(_) => break false,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break true;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        result
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn join(&mut self, room: &str) -> Value {
+        self.send_text(&serde_json::json!({"type":"join","room":room}).to_string());
+        self.recv_json()
+    }
+}
