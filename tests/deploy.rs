@@ -71,9 +71,8 @@ fn run_ok(cmd: &mut Command) -> Output {
 }
 
 fn command_exists(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// `n` distinct loopback ports that were free a moment ago: all are bound at
@@ -401,7 +400,10 @@ fn http_request(
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
     let head_end = response.find("\r\n\r\n").map_or(response.len(), |i| i + 4);
     let (head, body) = response.split_at(head_end);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -430,11 +432,7 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Polls `check` every 100 ms until it returns Some, or panics after
 /// `timeout` with the last failure description.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match check() {
@@ -515,7 +513,10 @@ fn dashboard_exprs() -> Vec<String> {
     walk(&dashboard(), &mut exprs);
     exprs
         .into_iter()
-        .map(|e| e.replace("$__rate_interval", "1m").replace("$instance", ".*"))
+        .map(|e| {
+            e.replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+        })
         .collect()
 }
 
@@ -573,9 +574,11 @@ fn contract_metrics() -> BTreeSet<String> {
 #[test]
 fn kernel_tuning_scripts_are_shellcheck_clean() {
     let dir = kernel_dir();
-    run_ok(Command::new("shellcheck")
-        .arg(dir.join("apply.sh"))
-        .arg(dir.join("check.sh")));
+    run_ok(
+        Command::new("shellcheck")
+            .arg(dir.join("apply.sh"))
+            .arg(dir.join("check.sh")),
+    );
 }
 
 /// The sysctl keys of a sysctl.d file, in order, with their values.
@@ -620,7 +623,10 @@ fn kernel_tuning_covers_every_knob() {
     assert_eq!(keys[0], "fs.nr_open");
     let readme = std::fs::read_to_string(kernel_dir().join("README.md")).unwrap();
     for knob in &keys {
-        assert!(readme.contains(knob.as_str()), "README does not explain {knob}");
+        assert!(
+            readme.contains(knob.as_str()),
+            "README does not explain {knob}"
+        );
     }
     assert!(
         readme.contains("measured by bench/: see bench/README.md"),
@@ -648,17 +654,23 @@ fn kernel_tuning_check_reports_every_knob() {
         assert!(line.ends_with(" ok") || line.ends_with(" SHORT"), "{line}");
     }
     let short = stdout.lines().any(|l| l.ends_with(" SHORT"));
-    assert_eq!(code == Some(1), short, "exit status must say whether a knob is short:\n{stdout}");
+    assert_eq!(
+        code == Some(1),
+        short,
+        "exit status must say whether a knob is short:\n{stdout}"
+    );
 }
 
 #[test]
 fn kernel_tuning_apply_is_idempotent() {
     let dir = scratch_sub("apply");
     let apply = || {
-        let out = run_ok(Command::new(kernel_dir().join("apply.sh"))
-            .arg("--no-reload")
-            .env("SYSCTL_DIR", dir.join("sysctl.d"))
-            .env("LIMITS_DIR", dir.join("limits.d")));
+        let out = run_ok(
+            Command::new(kernel_dir().join("apply.sh"))
+                .arg("--no-reload")
+                .env("SYSCTL_DIR", dir.join("sysctl.d"))
+                .env("LIMITS_DIR", dir.join("limits.d")),
+        );
         text(&out.stdout)
     };
     let first = apply();
@@ -709,13 +721,15 @@ fn every_playbook_passes_syntax_check() {
         "{names:?}"
     );
     for playbook in &playbooks {
-        run_ok(Command::new("ansible-playbook")
-            .current_dir(ansible_dir())
-            .env("ANSIBLE_CONFIG", ansible_dir().join("ansible.cfg"))
-            .arg("--syntax-check")
-            .arg("-i")
-            .arg("inventory/example/hosts.yml")
-            .arg(playbook));
+        run_ok(
+            Command::new("ansible-playbook")
+                .current_dir(ansible_dir())
+                .env("ANSIBLE_CONFIG", ansible_dir().join("ansible.cfg"))
+                .arg("--syntax-check")
+                .arg("-i")
+                .arg("inventory/example/hosts.yml")
+                .arg(playbook),
+        );
     }
 }
 
@@ -735,7 +749,10 @@ fn site_installs_binary_config_unit_and_monitoring() {
     );
     for (host, counters) in &hosts {
         assert_eq!(counters["failed"], 0, "{host}: {}", d.first_run);
-        assert!(counters["changed"] > 0, "{host} changed nothing on a fresh root");
+        assert!(
+            counters["changed"] > 0,
+            "{host} changed nothing on a fresh root"
+        );
     }
 
     for host in NODES {
@@ -765,16 +782,25 @@ fn site_installs_binary_config_unit_and_monitoring() {
             format!("jwt_secret = \"{JWT_SECRET}\""),
             format!("api_keys = [\"{API_KEY}\"]"),
         ] {
-            assert!(config.contains(&expected), "{host}: no {expected:?} in\n{config}");
+            assert!(
+                config.contains(&expected),
+                "{host}: no {expected:?} in\n{config}"
+            );
         }
         // Every node lists every node's PUB address.
         for peer in NODES {
             let addr = format!("\"tcp://127.0.0.1:{}\"", d.nodes[peer].mesh);
-            assert!(config.contains(&addr), "{host}: peer {peer} missing:\n{config}");
+            assert!(
+                config.contains(&addr),
+                "{host}: peer {peer} missing:\n{config}"
+            );
         }
         // The secrets file is not world-readable.
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.config(host)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.config(host))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640, "{host}: config mode {mode:o}");
 
         let unit = std::fs::read_to_string(d.unit(host)).unwrap();
@@ -785,7 +811,10 @@ fn site_installs_binary_config_unit_and_monitoring() {
             "KillSignal=SIGTERM",
             "NoNewPrivileges=yes",
         ] {
-            assert!(unit.contains(expected), "{host}: unit lacks {expected}:\n{unit}");
+            assert!(
+                unit.contains(expected),
+                "{host}: unit lacks {expected}:\n{unit}"
+            );
         }
     }
 
@@ -812,11 +841,17 @@ fn site_second_run_changes_nothing() {
     let d = deployment();
     let out = ansible_playbook(&d.inventory, "site.yml", &d.dir);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "second site.yml run failed:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "second site.yml run failed:\n{stdout}"
+    );
     let hosts = recap(&stdout);
     assert_eq!(hosts.len(), 3, "{stdout}");
     for (host, counters) in &hosts {
-        assert_eq!(counters["changed"], 0, "{host} changed on the second run:\n{stdout}");
+        assert_eq!(
+            counters["changed"], 0,
+            "{host} changed on the second run:\n{stdout}"
+        );
         assert_eq!(counters["failed"], 0, "{host}:\n{stdout}");
     }
 }
@@ -832,14 +867,16 @@ fn site_refuses_missing_secrets() {
     vars.insert("corecast_jwt_secret".into(), json!(""));
     // Another root: this run must not touch the shared installation.
     for host in NODES {
-        doc["all"]["children"]["corecast"]["hosts"][host]["corecast_root"] =
-            json!(dir.join(host));
+        doc["all"]["children"]["corecast"]["hosts"][host]["corecast_root"] = json!(dir.join(host));
     }
     doc["all"]["children"]["monitoring"]["hosts"]["mon"]["corecast_root"] = json!(dir.join("mon"));
     std::fs::write(&inventory, doc.to_string()).unwrap();
     let out = ansible_playbook(&inventory, "site.yml", &dir);
     let stdout = text(&out.stdout);
-    assert!(!out.status.success(), "site.yml accepted an empty JWT secret:\n{stdout}");
+    assert!(
+        !out.status.success(),
+        "site.yml accepted an empty JWT secret:\n{stdout}"
+    );
     assert!(stdout.contains("corecast_jwt_secret"), "{stdout}");
     assert!(!dir.join("node-a/etc/corecast/corecast.toml").exists());
 }
@@ -857,16 +894,24 @@ fn systemd_unit_verifies() {
     std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
     std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
     std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
-    std::fs::copy(d.unit("node-a"), root.join("etc/systemd/system/corecast.service")).unwrap();
+    std::fs::copy(
+        d.unit("node-a"),
+        root.join("etc/systemd/system/corecast.service"),
+    )
+    .unwrap();
     std::fs::copy(d.binary("node-a"), root.join("usr/local/bin/corecast")).unwrap();
-    run_ok(Command::new("cp")
-        .arg("-a")
-        .arg("/usr/lib/systemd/system")
-        .arg(root.join("usr/lib/systemd/")));
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg("/usr/lib/systemd/system")
+            .arg(root.join("usr/lib/systemd/")),
+    );
 
-    let out = run_ok(Command::new("systemd-analyze")
-        .arg(format!("--root={}", root.display()))
-        .args(["verify", "/etc/systemd/system/corecast.service"]));
+    let out = run_ok(
+        Command::new("systemd-analyze")
+            .arg(format!("--root={}", root.display()))
+            .args(["verify", "/etc/systemd/system/corecast.service"]),
+    );
     // verify exits 0 on unknown keys and bad values too: they are warnings
     // naming the unit file.
     let stderr = text(&out.stderr);
@@ -877,14 +922,16 @@ fn systemd_unit_verifies() {
     assert!(about_unit.is_empty(), "systemd-analyze verify:\n{stderr}");
 
     // The hardening keeps the exposure score at or below 2.0 ("OK").
-    run_ok(Command::new("systemd-analyze")
-        .arg(format!("--root={}", root.display()))
-        .args([
-            "security",
-            "--offline=true",
-            "--threshold=20",
-            "/etc/systemd/system/corecast.service",
-        ]));
+    run_ok(
+        Command::new("systemd-analyze")
+            .arg(format!("--root={}", root.display()))
+            .args([
+                "security",
+                "--offline=true",
+                "--threshold=20",
+                "/etc/systemd/system/corecast.service",
+            ]),
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -893,21 +940,30 @@ fn systemd_unit_verifies() {
 
 #[test]
 fn promtool_accepts_rules_and_rendered_config() {
-    run_ok(Command::new("promtool").arg("check").arg("rules").arg(rules_file()));
+    run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(rules_file()),
+    );
     let d = deployment();
-    let out = run_ok(Command::new("promtool")
-        .arg("check")
-        .arg("config")
-        .arg(d.prometheus_config()));
+    let out = run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(d.prometheus_config()),
+    );
     let stdout = text(&out.stdout);
     assert!(stdout.contains("1 rule files found"), "{stdout}");
 }
 
 #[test]
 fn alert_rules_pass_their_unit_tests() {
-    run_ok(Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(ansible_dir().join("roles/monitoring/files/corecast-alerts.test.yml")));
+    run_ok(
+        Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(ansible_dir().join("roles/monitoring/files/corecast-alerts.test.yml")),
+    );
 }
 
 #[test]
@@ -947,7 +1003,10 @@ fn dashboard_and_rules_use_only_contract_metrics() {
         "CorecastPushLatencyHigh",
         "CorecastConnectionsNearLimit",
     ] {
-        assert!(text.contains(&format!("alert: {alert}")), "rule {alert} missing");
+        assert!(
+            text.contains(&format!("alert: {alert}")),
+            "rule {alert} missing"
+        );
     }
     assert!(text.contains("up{job=\"corecast\"} == 0"));
     assert!(text.contains("corecast_connections_max"));
@@ -967,11 +1026,19 @@ fn installed_node_answers_healthz() {
     assert_eq!(status, 200, "/readyz: {body}");
 }
 
-/// Mints a client token with the deployment's secret.
-fn token(uid: &str, rooms: &str) -> String {
-    let out = run_ok(Command::new(env!("CARGO_BIN_EXE_corecast"))
-        .args(["token", "--uid", uid, "--rooms", rooms, "--ttl", "1h"])
-        .env("CORECAST_JWT_SECRET", JWT_SECRET));
+/// Mints a client token with the secret of node-a's rendered configuration.
+fn token(d: &Deployment, uid: &str, rooms: &str) -> String {
+    let mut cmd = Command::new(d.binary("node-a"));
+    cmd.arg("token")
+        .arg("--config")
+        .arg(d.config("node-a"))
+        .args(["--uid", uid, "--rooms", rooms, "--ttl", "1h"]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CORECAST_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = run_ok(&mut cmd);
     let t = text(&out.stdout).trim().to_string();
     assert_eq!(t.split('.').count(), 3, "not a JWT: {t:?}");
     t
@@ -1006,7 +1073,10 @@ fn push(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
         addr,
         "POST",
         path,
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         body,
     )
     .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"))
@@ -1017,7 +1087,7 @@ fn push(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
 /// both nodes (so they cross the mesh), a push refused by a limit, client
 /// disconnects.
 fn drive_traffic(d: &Deployment) {
-    let t = token("alice", "lobby");
+    let t = token(d, "alice", "lobby");
     let mut on_a = ws_connect(d.ws("node-a"), &t);
     let mut on_b = ws_connect(d.ws("node-b"), &t);
     // Subscriptions travel asynchronously: give the mesh a moment.
@@ -1026,7 +1096,10 @@ fn drive_traffic(d: &Deployment) {
     let a = d.http("node-a");
     for (path, body) in [
         ("/v1/push/user/alice", json!({"data": "to alice"})),
-        ("/v1/push/users", json!({"uids": ["alice", "bob"], "data": "to users"})),
+        (
+            "/v1/push/users",
+            json!({"uids": ["alice", "bob"], "data": "to users"}),
+        ),
         ("/v1/push/room/lobby", json!({"data": "to the lobby"})),
         ("/v1/push/broadcast", json!({"data": "to everyone"})),
     ] {
@@ -1125,7 +1198,11 @@ fn prometheus_scrapes_every_dashboard_and_rule_metric() {
         if instances == NODES.iter().map(|s| s.to_string()).collect() {
             Ok(())
         } else {
-            Err(format!("up: {up}; node logs:\n{}\n{}", nodes[0].log(), nodes[1].log()))
+            Err(format!(
+                "up: {up}; node logs:\n{}\n{}",
+                nodes[0].log(),
+                nodes[1].log()
+            ))
         }
     });
 
@@ -1183,7 +1260,10 @@ fn prometheus_scrapes_every_dashboard_and_rule_metric() {
         }
         match rules.iter().find(|r| r["health"] != "ok") {
             None => Ok(()),
-            Some(r) => Err(format!("{} health {}: {}", r["name"], r["health"], r["lastError"])),
+            Some(r) => Err(format!(
+                "{} health {}: {}",
+                r["name"], r["health"], r["lastError"]
+            )),
         }
     });
     prometheus.assert_alive();
