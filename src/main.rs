@@ -68,7 +68,13 @@ enum Command {
     },
 }
 
-fn load(flags: &NodeFlags) -> Result<(Config, bool), ConfigError> {
+/// Which secrets were missing and made up for this run.
+struct DevSecrets {
+    jwt_secret: bool,
+    api_key: bool,
+}
+
+fn load(flags: &NodeFlags) -> Result<(Config, DevSecrets), ConfigError> {
     let mut config = match &flags.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -96,7 +102,10 @@ fn load(flags: &NodeFlags) -> Result<(Config, bool), ConfigError> {
         config.cluster.mesh_peers = v.clone();
     }
     config.validate()?;
-    let dev = config.auth.jwt_secret.is_empty() || config.auth.api_keys.is_empty();
+    let dev = DevSecrets {
+        jwt_secret: config.auth.jwt_secret.is_empty(),
+        api_key: config.auth.api_keys.is_empty(),
+    };
     if config.auth.jwt_secret.is_empty() {
         config.auth.jwt_secret = random_secret();
     }
@@ -122,7 +131,7 @@ fn main() -> ExitCode {
         ttl,
     }) = cli.command
     {
-        if dev {
+        if dev.jwt_secret {
             eprintln!(
                 "corecast: no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
                  a token signed with a random secret would be useless"
@@ -141,7 +150,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = corecast::node::run(config, |config, node| {
-        if dev {
+        if dev.jwt_secret || dev.api_key {
             let token = node.tokens.mint(
                 "alice",
                 None,

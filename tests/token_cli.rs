@@ -10,7 +10,7 @@ fn minted_token_connects() {
     let output = Command::new(env!("CARGO_BIN_EXE_corecast"))
         .args(["token", "--uid", "carol", "--rooms", "a,b", "--ttl", "10m"])
         .env("CORECAST_JWT_SECRET", SECRET)
-        .env("CORECAST_API_KEYS", "k")
+        .env_remove("CORECAST_API_KEYS")
         .output()
         .unwrap();
     assert!(output.status.success());
