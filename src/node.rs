@@ -104,6 +104,80 @@ fn check_fd_limit(max_connections: usize) {
     }
 }
 
+/// Starts the cluster mesh with a bridge that routes what it receives into
+/// the cores' inboxes (never blocking the mesh thread: a full inbox is a
+/// counted drop).
+fn start_mesh(
+    config: &Config,
+    to_cores: Vec<async_channel::Sender<CoreMsg>>,
+    metrics: Arc<crate::mesh::MeshMetrics>,
+) -> Result<Option<crate::mesh::MeshHandle>, StartError> {
+    use crate::mesh::{MeshDrop, Received};
+    use crate::push::{Push, Target, home_core, route};
+    let bridge_metrics = metrics.clone();
+    let cores = to_cores.len();
+    let deliver = Box::new(move |received: Received| {
+        let offer = |core: usize, msg: CoreMsg| {
+            if to_cores[core].try_send(msg).is_err() {
+                bridge_metrics.dropped(MeshDrop::DeliverFull, 1);
+            }
+        };
+        match received.target {
+            Target::RoomJoin { room, uid } => {
+                let home = home_core(&uid, cores);
+                offer(
+                    home,
+                    CoreMsg::Membership {
+                        room,
+                        uid,
+                        join: true,
+                        reply: None,
+                    },
+                );
+            }
+            Target::RoomLeave { room, uid } => {
+                let home = home_core(&uid, cores);
+                offer(
+                    home,
+                    CoreMsg::Membership {
+                        room,
+                        uid,
+                        join: false,
+                        reply: None,
+                    },
+                );
+            }
+            target => {
+                let push = Push::new(
+                    received.id,
+                    &target,
+                    received.kind,
+                    received.payload,
+                    received.created_at_us,
+                );
+                for (core, part) in route(&target, cores) {
+                    offer(
+                        core,
+                        CoreMsg::Deliver {
+                            push: push.clone(),
+                            target: part,
+                            reply: None,
+                        },
+                    );
+                }
+            }
+        }
+    });
+    crate::mesh::start(
+        &config.cluster.node_id,
+        &config.cluster,
+        None,
+        deliver,
+        metrics,
+    )
+    .map_err(|e| StartError::Mesh(e.to_string()))
+}
+
 /// A running node's handles, for the signal wait.
 struct Running {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -152,9 +226,8 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
     let (foreign_tx, foreign_rx): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| async_channel::bounded::<CoreMsg>(MESH_CHANNEL_CAPACITY))
         .unzip();
-    let mesh_metrics = crate::mesh::metrics();
-    let mesh = crate::mesh::start_for_node(&config, cores, foreign_tx, mesh_metrics.clone())
-        .map_err(StartError::Mesh)?;
+    let mesh_metrics = crate::mesh::new_metrics();
+    let mesh = start_mesh(&config, foreign_tx, mesh_metrics.clone())?;
     let node = Arc::new(Node {
         node_id: config.cluster.node_id.clone(),
         tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),

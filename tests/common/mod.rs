@@ -279,3 +279,56 @@ impl Client {
         self.recv_json()
     }
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `n` nodes wired into one mesh (each lists every node, itself
+/// included) and waits until every subscription is up.
+pub fn cluster(n: usize) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    let peers_env = peers.join(",");
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let id = format!("node-{}", (b'a' + i as u8) as char);
+            Node::start_with(&[
+                ("CORECAST_NODE_ID", id.as_str()),
+                ("CORECAST_MESH_LISTEN", peers[i].as_str()),
+                ("CORECAST_MESH_PEERS", peers_env.as_str()),
+            ])
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_peers_up(n - 1);
+    }
+    nodes
+}
+
+impl Node {
+    /// Waits until `want` mesh subscriptions of this node are up.
+    pub fn wait_peers_up(&self, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = self
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("corecast_mesh_peer_up{") && l.ends_with(" 1"))
+                .count();
+            if up >= want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {up} of {want} peers up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
