@@ -2,8 +2,7 @@
 //! any node reaches the user wherever it is connected, exactly once.
 
 mod common;
-use common::{Node, cluster};
-use std::io::Write;
+use common::cluster;
 use std::time::Duration;
 
 /// The next push message, or None after a quiet 300 ms.
@@ -69,31 +68,4 @@ fn pushes_cross_the_mesh_exactly_once() {
     assert_eq!(on_a.recv_json()["data"], "batch");
     assert_eq!(on_c.recv_json()["data"], "batch");
     assert_eq!(next(&mut on_b), None);
-}
-
-#[test]
-fn garbage_on_the_mesh_is_counted_and_harmless() {
-    let nodes = cluster(2);
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let mut on_b = b.connect("ub");
-    // A ZeroMQ PUB of our own that B subscribes to would need B's config;
-    // instead write junk straight to A's PUB port: a non-ZMTP peer.
-    let mesh_port = a.metrics().lines().count(); // touch metrics: node alive
-    assert!(mesh_port > 0);
-    for addr in mesh_addresses(a) {
-        if let Ok(mut raw) = std::net::TcpStream::connect(addr) {
-            let _ = raw.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000));
-        }
-    }
-    let (_, _) = a.push_json("/v1/push/user/ub", serde_json::json!("still"));
-    assert_eq!(on_b.recv_json()["data"], "still");
-    assert_eq!(a.request("GET", "/healthz").0, 200);
-}
-
-fn mesh_addresses(node: &Node) -> Vec<std::net::SocketAddr> {
-    node.metrics()
-        .lines()
-        .filter_map(|l| l.strip_prefix("corecast_mesh_peer_up{peer=\"tcp://"))
-        .filter_map(|l| l.split('"').next()?.parse().ok())
-        .collect()
 }
