@@ -65,6 +65,8 @@ pub const HISTOGRAM_SIGFIG: u8 = 3;
 
 /// How often workers and the parent print progress during long phases.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// How often workers send delivery counters during a phase (the parent's drain wait ends on them).
+pub const STATS_INTERVAL_MS: u64 = 100;
 /// How often the parent polls worker state while waiting for a condition.
 pub const POLL_INTERVAL_MS: u64 = 5;
 /// Default bound on each phase of a scenario (`--timeout`).

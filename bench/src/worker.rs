@@ -27,7 +27,8 @@ use crate::error::{BenchError, ConnectError};
 use crate::hist::{Hist, RawHist, new_hist, record};
 use crate::limits::{
     HANDSHAKE_TIMEOUT_MS, PROGRESS_INTERVAL_MS, READ_SCRATCH_BYTES, SEQ_TRACKED_MAX,
-    SOURCE_ADDR_FIRST_OCTET, SOURCE_ADDRS_COUNT, WORKER_CONNECTIONS_MAX, WORKER_FDS_OVERHEAD,
+    SOURCE_ADDR_FIRST_OCTET, SOURCE_ADDRS_COUNT, STATS_INTERVAL_MS, WORKER_CONNECTIONS_MAX,
+    WORKER_FDS_OVERHEAD,
 };
 use crate::proto::{Command, ConnectReport, Event, PhaseKind, PhaseReport, WorkerSpec};
 use crate::target::{self, BROADCAST_CHANNEL, Endpoint, TargetKind};
@@ -349,7 +350,7 @@ async fn worker_main(spec: WorkerSpec) -> Result<(), BenchError> {
     };
     let _ = events_tx.send(Event::Connected(report));
 
-    let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
+    let mut tick = tokio::time::interval(Duration::from_millis(STATS_INTERVAL_MS));
     loop {
         tokio::select! {
             _ = close_rx.recv() => break,
