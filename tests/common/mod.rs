@@ -332,3 +332,107 @@ impl Node {
         }
     }
 }
+
+/// Waits (bounded by `within`) until `check` holds; panics naming `what`.
+pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+/// One masked client frame: `first` is the FIN/RSV/opcode byte as sent.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+impl Node {
+    /// Sum of every series whose line starts with `prefix` (e.g.
+    /// `corecast_users_active{` for all cores).
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Connects `uid` on a socket whose receive buffer was set to
+    /// `rcvbuf_bytes` before connect (so the window stays small).
+    pub fn connect_small_rcvbuf(&self, uid: &str, rcvbuf_bytes: usize) -> Client {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        setsockopt(&fd, sockopt::RcvBuf, &rcvbuf_bytes).expect("SO_RCVBUF");
+        let std::net::SocketAddr::V4(v4) = self.ws else {
+            panic!("loopback v4 expected")
+        };
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).expect("connect");
+        let stream = TcpStream::from(fd);
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let url = format!("ws://{}/ws?token={}", self.ws, self.token(uid, None));
+        let (ws, _) = tungstenite::client::client_with_config(url, stream, Some(small_config()))
+            .expect("handshake");
+        Client { ws }
+    }
+
+    /// Waits (bounded) for the node process to exit; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not exit in {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Client {
+    /// Writes raw bytes on the socket under the WebSocket (hand-made frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.ws.get_mut().write_all(bytes).expect("raw write");
+    }
+}
