@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::limits::{
-    HANDSHAKE_CONCURRENCY_DEFAULT, PHASE_TIMEOUT_DEFAULT_SECS, PUSH_CONCURRENCY_DEFAULT,
-    WORKER_CONNECTIONS_MAX,
+    HANDSHAKE_CONCURRENCY_DEFAULT, HANDSHAKE_TIMEOUT_DEFAULT_MS, PHASE_TIMEOUT_DEFAULT_SECS,
+    PUSH_CONCURRENCY_DEFAULT, WORKER_CONNECTIONS_MAX,
 };
 use crate::target::TargetKind;
 
@@ -93,6 +93,9 @@ pub struct Common {
     /// Handshakes in flight per worker.
     #[arg(long, default_value_t = HANDSHAKE_CONCURRENCY_DEFAULT)]
     pub handshake_concurrency: usize,
+    /// Deadline of one connect + upgrade, milliseconds (a late one counts as failed).
+    #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_DEFAULT_MS)]
+    pub handshake_timeout_ms: u64,
     /// Worker processes (default: as few as --per-worker allows).
     #[arg(long)]
     pub workers: Option<usize>,

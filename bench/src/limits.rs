@@ -34,8 +34,8 @@ const _: () = assert!(CONNECTIONS_MAX / SOURCE_ADDRS_COUNT < EPHEMERAL_PORTS_PER
 pub const HANDSHAKE_CONCURRENCY_DEFAULT: usize = 256;
 /// Bytes of an HTTP upgrade answer the client accepts before giving up.
 pub const HANDSHAKE_RESPONSE_BYTES_MAX: usize = 8_192;
-/// Per-connection connect + upgrade deadline.
-pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Per-connection connect + upgrade deadline unless `--handshake-timeout-ms` says otherwise.
+pub const HANDSHAKE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 
 /// Bytes read per `read` call into the worker's shared scratch buffer.
 pub const READ_SCRATCH_BYTES: usize = 64 * 1024;

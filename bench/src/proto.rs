@@ -24,6 +24,7 @@ pub struct WorkerSpec {
     /// nchan only: subscribe every connection to the shared broadcast channel.
     pub shared_channel: bool,
     pub handshake_concurrency: usize,
+    pub handshake_timeout_ms: u64,
     /// This worker's share of `--ramp-per-sec`.
     pub ramp_per_sec: Option<f64>,
     pub pin_core: Option<usize>,

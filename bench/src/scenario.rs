@@ -14,7 +14,7 @@ use crate::clock::{unix_secs, unix_us};
 use crate::error::BenchError;
 use crate::fleet::Fleet;
 use crate::hist::{Hist, Percentiles, new_hist, record};
-use crate::http_client::HttpConn;
+use crate::http_client::{HttpConn, HttpError};
 use crate::limits::{
     BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, TOKEN_TTL_SECS,
     UNICAST_PUSHES_MAX, WORKER_CONNECTIONS_MAX, WORKERS_MAX,
@@ -129,6 +129,7 @@ fn plan(common: &Common, shared_channel: bool) -> Result<Vec<WorkerSpec>, BenchE
             token_exp: unix_secs() + crate::limits::TOKEN_TTL_SECS,
             shared_channel,
             handshake_concurrency: common.handshake_concurrency,
+            handshake_timeout_ms: common.handshake_timeout_ms,
             ramp_per_sec: common.ramp_per_sec.map(|r| r / workers as f64),
             pin_core: common.pin.then_some(index),
             rotate_sources: !common.no_source_rotation,
@@ -448,7 +449,14 @@ async fn broadcast(
                     String::from_utf8_lossy(&body)
                 );
             }
-            Err(e) => *b.push_errors.entry(e.label().to_string()).or_default() += 1,
+            Err(e) => {
+                // A timed-out answer may still have been delivered: track the seq, so a push
+                // that reached everyone still shows its fan-out and one that did not shows as lost.
+                if matches!(e, HttpError::Timeout) {
+                    sent.push((seq, t_us));
+                }
+                *b.push_errors.entry(e.label().to_string()).or_default() += 1;
+            }
         }
         record(&mut hists.push_http, unix_us().saturating_sub(t_us));
         tokio::time::sleep_until(start + Duration::from_millis(args.interval_ms * (seq + 1))).await;
@@ -479,7 +487,12 @@ async fn broadcast(
     let reports = fleet.collect_reports(timeout).await?;
     let cost = PhaseCost::between("broadcast", before, after);
     let client_cost = PhaseCost::between("broadcast", client_before, client_after);
-    let mut delivery = fold_delivery(&reports, b.accepted * open, &mut hists.latency, &cost);
+    let mut delivery = fold_delivery(
+        &reports,
+        sent.len() as u64 * open,
+        &mut hists.latency,
+        &cost,
+    );
 
     let mut deliveries_per_seq: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for r in &reports {

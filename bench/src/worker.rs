@@ -26,9 +26,8 @@ use crate::clock::unix_us;
 use crate::error::{BenchError, ConnectError};
 use crate::hist::{Hist, RawHist, new_hist, record};
 use crate::limits::{
-    HANDSHAKE_TIMEOUT_MS, PROGRESS_INTERVAL_MS, READ_SCRATCH_BYTES, SEQ_TRACKED_MAX,
-    SOURCE_ADDR_FIRST_OCTET, SOURCE_ADDRS_COUNT, STATS_INTERVAL_MS, WORKER_CONNECTIONS_MAX,
-    WORKER_FDS_OVERHEAD,
+    PROGRESS_INTERVAL_MS, READ_SCRATCH_BYTES, SEQ_TRACKED_MAX, SOURCE_ADDR_FIRST_OCTET,
+    SOURCE_ADDRS_COUNT, STATS_INTERVAL_MS, WORKER_CONNECTIONS_MAX, WORKER_FDS_OVERHEAD,
 };
 use crate::proto::{Command, ConnectReport, Event, PhaseKind, PhaseReport, WorkerSpec};
 use crate::target::{self, BROADCAST_CHANNEL, Endpoint, TargetKind};
@@ -400,6 +399,7 @@ async fn connect_all(spec: &WorkerSpec, shared: &Rc<RefCell<Shared>>) -> Result<
     let start = Instant::now();
     shared.borrow_mut().connect.first_start_us = unix_us();
     let mut last_progress = Instant::now();
+    let handshake_timeout_ms = spec.handshake_timeout_ms;
     for i in 0..spec.count {
         if let Some(rate) = spec.ramp_per_sec.filter(|r| *r > 0.0) {
             tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
@@ -436,7 +436,7 @@ async fn connect_all(spec: &WorkerSpec, shared: &Rc<RefCell<Shared>>) -> Result<
             let started = Instant::now();
             let attempt = Box::pin(connect(&endpoint, &path, source));
             let result =
-                match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), attempt)
+                match tokio::time::timeout(Duration::from_millis(handshake_timeout_ms), attempt)
                     .await
                 {
                     Ok(r) => r,
