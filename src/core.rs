@@ -137,6 +137,8 @@ pub struct Core {
     next_channel_id: Cell<u64>,
     ping_frame: Bytes,
     draining: Cell<bool>,
+    /// Handshakes and disconnects since the last memory trim.
+    churn: Cell<u32>,
 }
 
 fn unix_millis() -> u64 {
@@ -148,8 +150,11 @@ impl Core {
         self.tick.get()
     }
 
+    /// Whether the node drains: this core has begun, or the node-wide flag
+    /// is already set (so that every core refuses handshakes and answers
+    /// `/readyz` 503 from the moment of the signal, not from its next poll).
     pub fn is_draining(&self) -> bool {
-        self.draining.get()
+        self.draining.get() || self.node.draining.load(Ordering::Relaxed)
     }
 
     pub fn queue_caps(&self) -> QueueCaps {
@@ -191,6 +196,21 @@ impl Core {
         self.refresh_gauges();
     }
 
+    /// Gives the pages freed by finished handshakes and closed connections
+    /// back to the kernel, once per tick after churn. Handshakes allocate
+    /// and free a few KiB each; without this, the holes they leave between
+    /// long-lived session objects stay resident after a connection storm.
+    fn release_transient_memory(&self) {
+        let churn = self.churn.replace(0);
+        if churn > 0 {
+            // SAFETY: malloc_trim has no preconditions; it only releases
+            // free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
     /// Makes the heartbeat wheel end a closing connection whose client does
     /// not finish the close handshake in time.
     pub fn watch_closing(&self, channel: &Rc<Channel>) {
@@ -199,6 +219,7 @@ impl Core {
 
     /// Called by a connection task when it ends.
     pub fn connection_ended(&self, channel: &Channel, reason: DisconnectReason) {
+        self.churn.set(self.churn.get().saturating_add(1));
         self.shard.borrow_mut().remove(channel);
         self.metrics.disconnect(reason);
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
@@ -208,7 +229,7 @@ impl Core {
     /// Registers an authenticated connection on its home core, answers 101
     /// and starts its task.
     fn register(self: &Rc<Self>, stream: TcpStream, claims: Claims, accept: &str) {
-        if self.draining.get() {
+        if self.is_draining() {
             let _ = nix::sys::socket::send(
                 stream.as_raw_fd(),
                 &HandshakeError::Draining.response(),
@@ -480,6 +501,7 @@ impl Core {
     /// Runs one WebSocket handshake to its end: refused with an HTTP error,
     /// or registered on the user's home core.
     async fn handshake(self: Rc<Self>, mut stream: TcpStream) {
+        self.churn.set(self.churn.get().saturating_add(1));
         let timeout = self.config.handshake_timeout();
         let read = futures_lite::future::or(
             async { Some(self.read_upgrade(&mut stream).await) },
@@ -577,7 +599,7 @@ impl Core {
             .node
             .tokens
             .verify(token, self.config.limits.max_rooms_per_user)?;
-        if self.draining.get() {
+        if self.is_draining() {
             return Err(HandshakeError::Draining);
         }
         let before = self.node.connections.fetch_add(1, Ordering::Relaxed);
@@ -638,6 +660,7 @@ pub async fn run(
         next_channel_id: Cell::new(1),
         ping_frame: frame::encode(OpCode::Control(Control::Ping), b""),
         draining: Cell::new(false),
+        churn: Cell::new(0),
     });
 
     for (_, receiver) in receivers.streams() {
@@ -692,6 +715,7 @@ fn spawn_heartbeat(core: Rc<Core>) {
             core.wheel
                 .borrow_mut()
                 .tick(next, periods, &core.ping_frame);
+            core.release_transient_memory();
         }
     })
     .detach();

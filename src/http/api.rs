@@ -9,14 +9,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
+use super::body::{BodyError, Content};
 use crate::auth::valid_name;
 use crate::core::Core;
 use crate::limits::BATCH_USERS_MAX;
 use crate::metrics::{Limit, PushKind, Route};
-use crate::push::{ContentKind, Push, Target, unix_micros};
+use crate::push::{Push, Target, unix_micros};
 
 type Answer = Response<Full<Bytes>>;
 
@@ -225,21 +224,6 @@ fn accepted(id: &str, local_recipients: u32) -> Answer {
     )
 }
 
-#[derive(Deserialize)]
-struct DataBody<'a> {
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    uids: Option<Vec<String>>,
-}
-
-/// The body of a push, parsed by content type.
-struct Content {
-    kind: ContentKind,
-    payload: Bytes,
-    uids: Option<Vec<String>>,
-}
-
 fn media_type(req: &Request<Incoming>) -> String {
     req.headers()
         .get(CONTENT_TYPE)
@@ -283,51 +267,14 @@ async fn read_body(core: &Core, req: Request<Incoming>) -> Result<(String, Bytes
 }
 
 fn parse_content(media: &str, body: Bytes, batch: bool) -> Result<Content, ApiError> {
-    let unsupported = || {
-        ApiError::new(
+    super::body::parse_content(media, body, batch).map_err(|e| match e {
+        BodyError::BadRequest(message) => ApiError::bad_request(message),
+        BodyError::Unsupported(message) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            if batch {
-                "batch pushes take application/json {\"uids\":[...],\"data\":...}"
-            } else {
-                "use application/json {\"data\":...}, text/plain or application/octet-stream"
-            },
-        )
-    };
-    match media {
-        "application/json" => {
-            let parsed: DataBody = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-            let data = parsed
-                .data
-                .ok_or_else(|| ApiError::bad_request("body has no \"data\" field"))?;
-            if batch && parsed.uids.is_none() {
-                return Err(ApiError::bad_request("batch body has no \"uids\" list"));
-            }
-            let payload = body.slice_ref(data.get().as_bytes());
-            Ok(Content {
-                kind: ContentKind::Json,
-                payload,
-                uids: parsed.uids,
-            })
-        }
-        _ if batch => Err(unsupported()),
-        "text/plain" => {
-            std::str::from_utf8(&body)
-                .map_err(|_| ApiError::bad_request("text/plain body is not UTF-8"))?;
-            Ok(Content {
-                kind: ContentKind::Text,
-                payload: body,
-                uids: None,
-            })
-        }
-        "application/octet-stream" => Ok(Content {
-            kind: ContentKind::Binary,
-            payload: body,
-            uids: None,
-        }),
-        _ => Err(unsupported()),
-    }
+            message,
+        ),
+    })
 }
 
 async fn push(

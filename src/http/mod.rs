@@ -3,6 +3,7 @@
 //! in [`api`].
 
 pub mod api;
+pub mod body;
 
 use std::io;
 use std::pin::Pin;
