@@ -1,0 +1,87 @@
+//! Connect/push/disconnect cycles leak nothing: after a warm-up and N cycles
+//! (CORECAST_LEAK_CYCLES, default 3,000; `bench/scripts/leak-cycle.sh`-style
+//! full run: `CORECAST_LEAK_CYCLES=100000 cargo test --release --test
+//! leak_cycle -- --nocapture`), the node's RSS and open fd count are within
+//! 5% of the baseline and every shard is empty (no connection, user or
+//! room left).
+
+mod common;
+use common::{Node, WAIT, fd_count, rss_kib, wait_for};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+const WARM_UP: usize = 300;
+/// Absolute RSS slack on top of 5%: allocator arenas and the read-buffer
+/// pool settle in steps of a few hundred KiB, which is more than 5% of a
+/// small baseline.
+const RSS_SLACK_KIB: u64 = 2 * 1024;
+
+fn cycle(node: &Node, i: usize) {
+    let uid = format!("leak-{i}");
+    let room = format!("room-{}", i % 7);
+    let mut client = node.connect_rooms(&uid, &[room.as_str()]);
+    if i.is_multiple_of(2) {
+        client.join(&room);
+    }
+    let (status, _) = node.push_json(&format!("/v1/push/user/{uid}"), serde_json::json!(i));
+    assert_eq!(status, 202);
+    assert_eq!(client.recv_json()["data"], i);
+    if i.is_multiple_of(3) {
+        // An abrupt disconnect (no close frame) now and then.
+        drop(client);
+        return;
+    }
+    client
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+    assert_eq!(client.expect_close(), 1000);
+}
+
+fn settle(node: &Node) {
+    wait_for("every shard empty", WAIT, || {
+        node.connections() == 0.0
+            && node.metric_sum("corecast_users_active{") == 0.0
+            && node.metric_sum("corecast_rooms_active{") == 0.0
+    });
+}
+
+#[test]
+fn cycles_leak_no_memory_fd_or_session() {
+    let cycles: usize = std::env::var("CORECAST_LEAK_CYCLES")
+        .ok()
+        .map(|v| v.parse().expect("CORECAST_LEAK_CYCLES is a number"))
+        .unwrap_or(3_000);
+    let node = Node::start();
+    for i in 0..WARM_UP {
+        cycle(&node, i);
+    }
+    settle(&node);
+    let (rss0, fds0) = (rss_kib(node.pid()), fd_count(node.pid()));
+
+    let started = std::time::Instant::now();
+    for i in 0..cycles {
+        cycle(&node, WARM_UP + i);
+    }
+    settle(&node);
+    let (rss1, fds1) = (rss_kib(node.pid()), fd_count(node.pid()));
+    eprintln!(
+        "{cycles} cycles in {:?}: RSS {rss0} -> {rss1} KiB, fds {fds0} -> {fds1}",
+        started.elapsed()
+    );
+    assert!(
+        rss1 <= rss0 + rss0 / 20 + RSS_SLACK_KIB,
+        "RSS grew from {rss0} KiB to {rss1} KiB"
+    );
+    assert!(
+        fds1 <= fds0 + fds0 / 20,
+        "open fds grew from {fds0} to {fds1}"
+    );
+    assert_eq!(
+        node.metric(r#"corecast_handshakes_total{outcome="ok"}"#),
+        (WARM_UP + cycles) as f64
+    );
+}
