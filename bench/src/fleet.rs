@@ -257,18 +257,22 @@ impl Fleet {
             .collect())
     }
 
-    /// Tells every worker to close its connections and exit; kills any that linger.
+    /// Tells every worker to close its connections and exit; kills any still running after
+    /// WORKER_EXIT_GRACE_MS (one deadline for all of them).
     pub async fn close(mut self) {
         let _ = self.broadcast(&Command::Close).await;
         drop(std::mem::take(&mut self.stdins));
+        let deadline = Instant::now() + Duration::from_millis(WORKER_EXIT_GRACE_MS);
         for child in &mut self.children {
-            if tokio::time::timeout(Duration::from_millis(WORKER_EXIT_GRACE_MS), child.wait())
+            if tokio::time::timeout_at(deadline, child.wait())
                 .await
                 .is_err()
             {
                 let _ = child.start_kill();
-                let _ = child.wait().await;
             }
+        }
+        for child in &mut self.children {
+            let _ = child.wait().await;
         }
     }
 }

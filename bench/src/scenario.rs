@@ -244,17 +244,21 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
             .await
         }
     };
+    if result.is_ok() {
+        // Written before the workers close: closing a million sockets can take a while.
+        write_run(
+            &common.out,
+            &summary,
+            &[
+                ("latency", &hists.latency),
+                ("handshake", &hists.handshake),
+                ("push_http", &hists.push_http),
+            ],
+        )?;
+        eprintln!("wrote {}", common.out.display());
+    }
     fleet.close().await;
     result?;
-    write_run(
-        &common.out,
-        &summary,
-        &[
-            ("latency", &hists.latency),
-            ("handshake", &hists.handshake),
-            ("push_http", &hists.push_http),
-        ],
-    )?;
     Ok(summary)
 }
 
