@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::limits::{
     HANDSHAKE_CONCURRENCY_DEFAULT, HANDSHAKE_TIMEOUT_DEFAULT_MS, PHASE_TIMEOUT_DEFAULT_SECS,
-    PUSH_CONCURRENCY_DEFAULT, WORKER_CONNECTIONS_MAX,
+    PUSH_CONCURRENCY_DEFAULT, PUSH_TIMEOUT_DEFAULT_MS, WORKER_CONNECTIONS_MAX,
 };
 use crate::target::TargetKind;
 
@@ -96,6 +96,10 @@ pub struct Common {
     /// Deadline of one connect + upgrade, milliseconds (a late one counts as failed).
     #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_DEFAULT_MS)]
     pub handshake_timeout_ms: u64,
+    /// Deadline of one push request, milliseconds (a broadcast push whose answer times out is
+    /// still tracked: it may have been delivered).
+    #[arg(long, default_value_t = PUSH_TIMEOUT_DEFAULT_MS)]
+    pub push_timeout_ms: u64,
     /// Worker processes (default: as few as --per-worker allows).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::limits::{HTTP_REQUEST_TIMEOUT_MS, HTTP_RESPONSE_BYTES_MAX};
+use crate::limits::HTTP_RESPONSE_BYTES_MAX;
 use crate::target::Endpoint;
 
 /// Bytes read per call while waiting for an answer.
@@ -46,14 +46,17 @@ pub struct HttpConn {
     endpoint: Endpoint,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
+    timeout: Duration,
 }
 
 impl HttpConn {
-    pub fn new(endpoint: Endpoint) -> HttpConn {
+    /// A connection to `endpoint` whose requests fail after `timeout`.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> HttpConn {
         HttpConn {
             endpoint,
             stream: None,
             buf: Vec::new(),
+            timeout,
         }
     }
 
@@ -91,7 +94,7 @@ impl HttpConn {
     }
 
     async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
-        let deadline = Duration::from_millis(HTTP_REQUEST_TIMEOUT_MS);
+        let deadline = self.timeout;
         let result = match tokio::time::timeout(deadline, self.exchange_inner(request)).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout),

@@ -46,8 +46,8 @@ pub const SEQ_TRACKED_MAX: u64 = 1 << 20;
 
 /// Largest HTTP answer body the push client reads.
 pub const HTTP_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
-/// Per-request deadline of the push client.
-pub const HTTP_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Per-request deadline of the push client unless `--push-timeout-ms` says otherwise.
+pub const PUSH_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// Keep-alive push connections unless `--concurrency` says otherwise.
 pub const PUSH_CONCURRENCY_DEFAULT: usize = 32;
 /// Most push connections one run may open.

@@ -423,7 +423,12 @@ async fn broadcast(
         .iter()
         .filter(|o| o.unwrap_or(0) > 0)
         .count();
-    let mut conns: Vec<HttpConn> = http.iter().cloned().map(HttpConn::new).collect();
+    let push_timeout = Duration::from_millis(common.push_timeout_ms);
+    let mut conns: Vec<HttpConn> = http
+        .iter()
+        .cloned()
+        .map(|e| HttpConn::new(e, push_timeout))
+        .collect();
     let mut b = BroadcastSummary {
         messages: args.messages,
         open_at_start: open,
@@ -629,9 +634,10 @@ async fn unicast(
     let interval_ns = 1e9 / args.rate;
     let auth = auth(common).map(str::to_string);
     let lane_count = args.concurrency.min(scheduled as usize);
+    let push_timeout = Duration::from_millis(common.push_timeout_ms);
     let mut lanes = Vec::new();
     for lane in 0..lane_count {
-        let mut conn = HttpConn::new(http[lane % http.len()].clone());
+        let mut conn = HttpConn::new(http[lane % http.len()].clone(), push_timeout);
         let (tally, live, auth, kind) = (tally.clone(), live.clone(), auth.clone(), common.target);
         lanes.push(tokio::task::spawn_local(async move {
             let mut k = lane as u64;
