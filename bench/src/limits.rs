@@ -43,6 +43,9 @@ pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// Sequence numbers tracked per connection for loss and duplicate detection.
 pub const SEQ_TRACKED_MAX: u64 = 1 << 20;
+/// Bytes of per-connection seq bitsets a broadcast run may need over all workers
+/// (connections x messages / 8).
+pub const SEQ_TRACKING_BYTES_MAX: u64 = 2 << 30;
 
 /// Largest HTTP answer body the push client reads.
 pub const HTTP_RESPONSE_BYTES_MAX: usize = 1024 * 1024;

@@ -16,8 +16,8 @@ use crate::fleet::Fleet;
 use crate::hist::{Hist, Percentiles, new_hist, record};
 use crate::http_client::{HttpConn, HttpError};
 use crate::limits::{
-    BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, TOKEN_TTL_SECS,
-    UNICAST_PUSHES_MAX, WORKER_CONNECTIONS_MAX, WORKERS_MAX,
+    BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, SEQ_TRACKING_BYTES_MAX,
+    TOKEN_TTL_SECS, UNICAST_PUSHES_MAX, WORKER_CONNECTIONS_MAX, WORKERS_MAX,
 };
 use crate::output::write_run;
 use crate::proto::{Command, PhaseKind, PhaseReport, WorkerSpec};
@@ -140,7 +140,50 @@ fn plan(common: &Common, shared_channel: bool) -> Result<Vec<WorkerSpec>, BenchE
     Ok(specs)
 }
 
+/// Checks the scenario's own options before any connection is opened.
+fn validate(scenario: &Scenario) -> Result<(), BenchError> {
+    match scenario {
+        Scenario::Idle(_) => Ok(()),
+        Scenario::Broadcast(args) => {
+            let common = &args.common;
+            if args.messages == 0 || args.messages > BROADCAST_MESSAGES_MAX {
+                return Err(bad(format!(
+                    "--messages must be 1..={BROADCAST_MESSAGES_MAX}"
+                )));
+            }
+            if common.n.saturating_mul(args.messages.div_ceil(64) * 8) > SEQ_TRACKING_BYTES_MAX {
+                return Err(bad(format!(
+                    "--n x --messages needs more than {SEQ_TRACKING_BYTES_MAX} bytes of delivery tracking"
+                )));
+            }
+            Ok(())
+        }
+        Scenario::Unicast(args) => {
+            if args.rate.is_nan()
+                || args.duration.is_nan()
+                || args.rate <= 0.0
+                || args.duration <= 0.0
+            {
+                return Err(bad("--rate and --duration must be positive"));
+            }
+            let scheduled = (args.rate * args.duration).round() as u64;
+            if scheduled == 0 || scheduled > UNICAST_PUSHES_MAX {
+                return Err(bad(format!(
+                    "rate x duration must be 1..={UNICAST_PUSHES_MAX} pushes"
+                )));
+            }
+            if args.concurrency == 0 || args.concurrency > PUSH_CONCURRENCY_MAX {
+                return Err(bad(format!(
+                    "--concurrency must be 1..={PUSH_CONCURRENCY_MAX}"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
+    validate(&scenario)?;
     let common = scenario.common().clone();
     let timeout = Duration::from_secs(common.timeout);
     let http = common
@@ -409,11 +452,6 @@ async fn broadcast(
     summary: &mut Summary,
 ) -> Result<(), BenchError> {
     let common = &args.common;
-    if args.messages == 0 || args.messages > BROADCAST_MESSAGES_MAX {
-        return Err(bad(format!(
-            "--messages must be 1..={BROADCAST_MESSAGES_MAX}"
-        )));
-    }
     let timeout = Duration::from_secs(common.timeout);
     let open = start_phase(fleet, PhaseKind::Broadcast, timeout).await?;
     let workers_with_connections = fleet
@@ -603,20 +641,7 @@ async fn unicast(
     summary: &mut Summary,
 ) -> Result<(), BenchError> {
     let common = &args.common;
-    if args.rate.is_nan() || args.duration.is_nan() || args.rate <= 0.0 || args.duration <= 0.0 {
-        return Err(bad("--rate and --duration must be positive"));
-    }
     let scheduled = (args.rate * args.duration).round() as u64;
-    if scheduled == 0 || scheduled > UNICAST_PUSHES_MAX {
-        return Err(bad(format!(
-            "rate x duration must be 1..={UNICAST_PUSHES_MAX} pushes"
-        )));
-    }
-    if args.concurrency == 0 || args.concurrency > PUSH_CONCURRENCY_MAX {
-        return Err(bad(format!(
-            "--concurrency must be 1..={PUSH_CONCURRENCY_MAX}"
-        )));
-    }
     let live: Rc<Vec<u64>> = Rc::new((0..common.n).filter(|i| !failed.contains(i)).collect());
     if live.is_empty() {
         return Err(bad("no connection established"));
