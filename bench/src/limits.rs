@@ -53,8 +53,11 @@ pub const HTTP_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
 pub const PUSH_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// Keep-alive push connections unless `--concurrency` says otherwise.
 pub const PUSH_CONCURRENCY_DEFAULT: usize = 32;
-/// Most push connections one run may open.
+/// Most push lanes one run may run.
 pub const PUSH_CONCURRENCY_MAX: usize = 1_024;
+/// Most push connections the parent may hold (a unicast lane keeps one per `--http`).
+pub const PUSH_CONNECTIONS_MAX: usize = 8_192;
+const _: () = assert!(PUSH_CONNECTIONS_MAX + WORKERS_MAX * 3 < PROCESS_FDS_HARD_CAP);
 /// Most pushes one unicast run may schedule (rate x duration).
 pub const UNICAST_PUSHES_MAX: u64 = 20_000_000;
 /// Most broadcast messages one run may send.

@@ -16,8 +16,9 @@ use crate::fleet::Fleet;
 use crate::hist::{Hist, Percentiles, new_hist, record};
 use crate::http_client::{HttpConn, HttpError};
 use crate::limits::{
-    BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, SEQ_TRACKING_BYTES_MAX,
-    TOKEN_TTL_SECS, UNICAST_PUSHES_MAX, WORKER_CONNECTIONS_MAX, WORKERS_MAX,
+    BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, PUSH_CONNECTIONS_MAX,
+    SEQ_TRACKING_BYTES_MAX, TOKEN_TTL_SECS, UNICAST_PUSHES_MAX, WORKER_CONNECTIONS_MAX,
+    WORKERS_MAX,
 };
 use crate::output::write_run;
 use crate::proto::{Command, PhaseKind, PhaseReport, WorkerSpec};
@@ -74,6 +75,9 @@ struct Hists {
 
 /// Entry point of the three scenario subcommands; blocks until the run is written.
 pub fn run(scenario: Scenario) -> Result<Summary, BenchError> {
+    crate::worker::raise_fd_limit(
+        PUSH_CONNECTIONS_MAX + WORKERS_MAX * 3 + crate::limits::WORKER_FDS_OVERHEAD,
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -170,6 +174,11 @@ fn validate(scenario: &Scenario) -> Result<(), BenchError> {
             if scheduled == 0 || scheduled > UNICAST_PUSHES_MAX {
                 return Err(bad(format!(
                     "rate x duration must be 1..={UNICAST_PUSHES_MAX} pushes"
+                )));
+            }
+            if args.concurrency.saturating_mul(args.common.http.len()) > PUSH_CONNECTIONS_MAX {
+                return Err(bad(format!(
+                    "--concurrency x --http count must be at most {PUSH_CONNECTIONS_MAX}"
                 )));
             }
             if args.concurrency == 0 || args.concurrency > PUSH_CONCURRENCY_MAX {
@@ -621,6 +630,14 @@ fn print_delivery(d: &DeliverySummary) {
     }
 }
 
+/// splitmix64 finalizer: a cheap, well-spread hash of a push index.
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Counts shared by the unicast lanes.
 #[derive(Default)]
 struct Tally {
@@ -662,7 +679,12 @@ async fn unicast(
     let push_timeout = Duration::from_millis(common.push_timeout_ms);
     let mut lanes = Vec::new();
     for lane in 0..lane_count {
-        let mut conn = HttpConn::new(http[lane % http.len()].clone(), push_timeout);
+        // One keep-alive connection per endpoint, opened on first use.
+        let mut conns: Vec<HttpConn> = http
+            .iter()
+            .cloned()
+            .map(|e| HttpConn::new(e, push_timeout))
+            .collect();
         let (tally, live, auth, kind) = (tally.clone(), live.clone(), auth.clone(), common.target);
         lanes.push(tokio::task::spawn_local(async move {
             let mut k = lane as u64;
@@ -673,6 +695,10 @@ async fn unicast(
                 let index = live[(k % live.len() as u64) as usize];
                 let seq = k / live.len() as u64;
                 let uid = target::uid(index);
+                // The node a push enters by is independent of the node holding the user, so
+                // in a cluster (N-1)/N of the pushes cross the mesh, as in production.
+                let pick = (mix64(k) % conns.len() as u64) as usize;
+                let conn = &mut conns[pick];
                 let path = target::push_path(kind, conn.endpoint(), Some(&uid));
                 let body = target::push_body(kind, seq, intended_us);
                 let result = conn

@@ -68,7 +68,8 @@ fn pin_to(core: usize) {
     }
 }
 
-fn raise_fd_limit(needed: usize) {
+/// Raises this process's soft open-file limit towards `needed` (never past the hard limit).
+pub fn raise_fd_limit(needed: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < needed as u64
