@@ -30,7 +30,7 @@ use crate::limits::{DRAIN_STEPS, READ_BUFFER_BYTES, READ_BUFFER_POOL_MAX, TICK_M
 use crate::mesh::MeshHandle;
 use crate::metrics::{CoreMetrics, CoreSnapshot, HandshakeOutcome, Limit, latency_histogram};
 use crate::push::{IdGenerator, Push, Target, home_core, route};
-use crate::session::channel::{Channel, QueueCaps};
+use crate::session::channel::{Channel, QueueCaps, TokenExtras};
 use crate::session::connection::Connection;
 use crate::session::disconnect::DisconnectReason;
 use crate::session::shard::{ChannelInfo, JoinError, Shard};
@@ -248,12 +248,15 @@ impl Core {
             .rooms
             .as_ref()
             .map(|rooms| rooms.iter().map(|r| Box::from(r.as_str())).collect());
+        let extras = TokenExtras {
+            device: claims.device.map(String::into_boxed_str),
+            permitted_rooms: permitted,
+        };
         let channel = Rc::new(Channel::new(
             (id << 8) | self.id as u64,
             stream.as_raw_fd(),
             uid.clone(),
-            claims.device.map(String::into_boxed_str),
-            permitted,
+            extras,
             unix_millis(),
             tick,
         ));

@@ -15,7 +15,7 @@ pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Pooled read buffers kept per core; more are allocated under load and
 /// freed when returned to a full pool.
-pub const READ_BUFFER_POOL_MAX: usize = 64;
+pub const READ_BUFFER_POOL_MAX: usize = 8;
 
 /// Smallest header cap a configuration may set (a browser sends ~500 bytes).
 pub const HANDSHAKE_HEADER_BYTES_MIN: usize = 1024;

@@ -50,6 +50,15 @@ pub enum Sent {
     Overflow,
 }
 
+/// What a token says besides the uid.
+#[derive(Debug, Default)]
+pub struct TokenExtras {
+    /// Device label shown in presence.
+    pub device: Option<Box<str>>,
+    /// Rooms the token allows `join` for (None: the token named none).
+    pub permitted_rooms: Option<Box<[Box<str>]>>,
+}
+
 /// Caps of one outbound queue.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueCaps {
@@ -57,7 +66,7 @@ pub struct QueueCaps {
     pub bytes_max: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Outbound {
     frames: VecDeque<Bytes>,
     bytes: usize,
@@ -71,11 +80,12 @@ pub struct Channel {
     pub id: u64,
     fd: RawFd,
     pub uid: Rc<str>,
-    pub device: Option<Box<str>>,
+    /// Device label and permitted rooms from the token; most tokens name
+    /// neither, and then nothing is allocated.
+    extras: Option<Box<TokenExtras>>,
     pub connected_at_ms: u64,
-    /// Rooms the token allows `join` for (None: the token named none).
-    pub permitted_rooms: Option<Box<[Box<str>]>>,
-    out: RefCell<Outbound>,
+    /// Allocated only while bytes wait for a full socket.
+    out: RefCell<Option<Box<Outbound>>>,
     waker: Cell<Option<Waker>>,
     state: Cell<ChannelState>,
     pub last_seen_tick: Cell<u32>,
@@ -99,8 +109,7 @@ impl Channel {
         id: u64,
         fd: RawFd,
         uid: Rc<str>,
-        device: Option<Box<str>>,
-        permitted_rooms: Option<Box<[Box<str>]>>,
+        extras: TokenExtras,
         connected_at_ms: u64,
         tick: u32,
     ) -> Self {
@@ -108,16 +117,28 @@ impl Channel {
             id,
             fd,
             uid,
-            device,
+            extras: (extras.device.is_some() || extras.permitted_rooms.is_some())
+                .then(|| Box::new(extras)),
             connected_at_ms,
-            permitted_rooms,
-            out: RefCell::default(),
+            out: RefCell::new(None),
             waker: Cell::new(None),
             state: Cell::new(ChannelState::Open),
             last_seen_tick: Cell::new(tick),
             last_ping_tick: Cell::new(tick),
             rate_window: Cell::new((tick, 0)),
         }
+    }
+
+    pub fn device(&self) -> Option<&str> {
+        self.extras.as_ref()?.device.as_deref()
+    }
+
+    /// Whether the token allows a client `join` of `room`.
+    pub fn permits(&self, room: &str) -> bool {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.permitted_rooms.as_ref())
+            .is_some_and(|rooms| rooms.iter().any(|r| &**r == room))
     }
 
     pub fn state(&self) -> ChannelState {
@@ -130,7 +151,7 @@ impl Channel {
 
     /// Bytes waiting in the outbound queue.
     pub fn queued_bytes(&self) -> usize {
-        self.out.borrow().bytes
+        self.out.borrow().as_ref().map_or(0, |o| o.bytes)
     }
 
     /// Remembers the connection task's waker (called on every poll).
@@ -167,8 +188,8 @@ impl Channel {
     }
 
     fn enqueue(&self, bytes: &Bytes, caps: Option<QueueCaps>) -> Sent {
-        let mut out = self.out.borrow_mut();
-        if out.frames.is_empty() {
+        let mut slot = self.out.borrow_mut();
+        if slot.is_none() {
             match send(
                 self.fd,
                 bytes,
@@ -176,28 +197,31 @@ impl Channel {
             ) {
                 Ok(n) if n == bytes.len() => return Sent::Written,
                 Ok(n) => {
-                    out.frames.push_back(bytes.slice(n..));
-                    out.bytes = bytes.len() - n;
-                    out.front_started = true;
+                    *slot = Some(Box::new(Outbound {
+                        frames: VecDeque::from([bytes.slice(n..)]),
+                        bytes: bytes.len() - n,
+                        front_started: true,
+                    }));
                 }
-                Err(Errno::EAGAIN) => {
-                    out.frames.push_back(bytes.clone());
-                    out.bytes = bytes.len();
-                }
-                Err(Errno::EINTR) => {
-                    out.frames.push_back(bytes.clone());
-                    out.bytes = bytes.len();
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
+                    *slot = Some(Box::new(Outbound {
+                        frames: VecDeque::from([bytes.clone()]),
+                        bytes: bytes.len(),
+                        front_started: false,
+                    }));
                 }
                 Err(_) => {
-                    drop(out);
+                    drop(slot);
                     self.kill(DisconnectReason::IoError);
                     return Sent::Dropped;
                 }
             }
-            drop(out);
+            drop(slot);
             self.wake();
             return Sent::Queued;
         }
+        // Invariant: a present queue is never empty.
+        let out = slot.as_mut().expect("checked above");
         if let Some(caps) = caps
             && (out.frames.len() >= caps.frames_max || out.bytes + bytes.len() > caps.bytes_max)
         {
@@ -219,12 +243,14 @@ impl Channel {
             since_tick: tick,
         });
         if discard_queue {
-            let mut out = self.out.borrow_mut();
-            let keep = usize::from(out.front_started);
-            out.frames.truncate(keep);
-            out.bytes = out.frames.iter().map(Bytes::len).sum();
-            if out.frames.is_empty() {
-                out.frames = VecDeque::new();
+            let mut slot = self.out.borrow_mut();
+            if let Some(out) = slot.as_mut() {
+                let keep = usize::from(out.front_started);
+                out.frames.truncate(keep);
+                out.bytes = out.frames.iter().map(Bytes::len).sum();
+                if out.frames.is_empty() {
+                    *slot = None;
+                }
             }
         }
         self.send_control(&frame::close(reason.close_code(), reason.text()));
@@ -266,17 +292,17 @@ impl Channel {
             ChannelState::Open => reason,
         };
         self.state.set(ChannelState::Dead(reason));
-        let mut out = self.out.borrow_mut();
-        out.frames = VecDeque::new();
-        out.bytes = 0;
-        drop(out);
+        *self.out.borrow_mut() = None;
         self.wake();
     }
 
     /// Writes queued frames while the socket takes them. `Ready(Ok)` once
     /// the queue is empty.
     pub fn poll_flush(&self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<io::Result<()>> {
-        let mut out = self.out.borrow_mut();
+        let mut slot = self.out.borrow_mut();
+        let Some(out) = slot.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         while let Some(front) = out.frames.front_mut() {
             match Pin::new(&mut *stream).poll_write(cx, front) {
                 Poll::Ready(Ok(0)) => {
@@ -297,15 +323,13 @@ impl Channel {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if out.frames.capacity() > 0 {
-            // Hold no queue memory while idle.
-            out.frames = VecDeque::new();
-        }
+        // Hold no queue memory while idle.
+        *slot = None;
         Poll::Ready(Ok(()))
     }
 
     /// Whether the outbound queue is empty.
     pub fn flushed(&self) -> bool {
-        self.out.borrow().frames.is_empty()
+        self.out.borrow().is_none()
     }
 }

@@ -232,12 +232,7 @@ impl Connection {
         let uid = self.channel.uid.clone();
         match msg {
             ClientMessage::Join(room) => {
-                let permitted = self.core.config.ws.free_join
-                    || self
-                        .channel
-                        .permitted_rooms
-                        .as_ref()
-                        .is_some_and(|rooms| rooms.iter().any(|r| **r == *room));
+                let permitted = self.core.config.ws.free_join || self.channel.permits(&room);
                 if !permitted {
                     return Err(MessageError::Forbidden);
                 }

@@ -7,17 +7,28 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::push::Target;
 use crate::session::channel::{Channel, QueueCaps, Sent};
 use crate::session::disconnect::DisconnectReason;
 
 /// All connections of one user on this core, oldest first, and the rooms
-/// the user is in.
+/// the user is in. Most users have one connection and no room: both lists
+/// keep that case free of heap allocations.
 #[derive(Debug, Default)]
 struct User {
-    channels: Vec<Rc<Channel>>,
-    rooms: Vec<Rc<str>>,
+    channels: SmallVec<[Rc<Channel>; 1]>,
+    // 8 bytes instead of a Vec's 24 in every user entry: most users are in
+    // no room, and the users table is the largest per-user structure.
+    #[allow(clippy::box_collection)]
+    rooms: Option<Box<Vec<Rc<str>>>>,
+}
+
+impl User {
+    fn rooms(&self) -> &[Rc<str>] {
+        self.rooms.as_deref().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Why a join was refused.
@@ -103,8 +114,8 @@ impl Shard {
         if user.channels.is_empty()
             && let Some((uid, user)) = self.users.remove_entry(&*channel.uid)
         {
-            for room in user.rooms {
-                self.leave_index(&room, &uid);
+            for room in user.rooms() {
+                self.leave_index(room, &uid);
             }
         }
     }
@@ -125,10 +136,10 @@ impl Shard {
         let Some((uid, user)) = self.users.get_key_value(uid) else {
             return Ok(false);
         };
-        if user.rooms.iter().any(|r| &**r == room) {
+        if user.rooms().iter().any(|r| &**r == room) {
             return Ok(true);
         }
-        if user.rooms.len() >= max_rooms {
+        if user.rooms().len() >= max_rooms {
             return Err(JoinError::TooManyRooms);
         }
         let uid = uid.clone();
@@ -145,6 +156,7 @@ impl Shard {
             .get_mut(&uid)
             .expect("user looked up above")
             .rooms
+            .get_or_insert_with(Box::default)
             .push(room);
         Ok(true)
     }
@@ -154,10 +166,16 @@ impl Shard {
         let Some(user) = self.users.get_mut(uid) else {
             return false;
         };
-        let before = user.rooms.len();
-        user.rooms.retain(|r| &**r != room);
-        if user.rooms.len() == before {
+        let Some(rooms) = user.rooms.as_mut() else {
             return false;
+        };
+        let before = rooms.len();
+        rooms.retain(|r| &**r != room);
+        if rooms.len() == before {
+            return false;
+        }
+        if rooms.is_empty() {
+            user.rooms = None;
         }
         self.leave_index(room, uid);
         true
@@ -225,7 +243,7 @@ impl Shard {
                 .filter(|c| c.is_open())
                 .map(|c| ChannelInfo {
                     id: c.id,
-                    device: c.device.as_deref().map(str::to_string),
+                    device: c.device().map(str::to_string),
                     core,
                     connected_at_ms: c.connected_at_ms,
                 })
@@ -250,7 +268,14 @@ mod tests {
 
     fn channel(id: u64, uid: &str) -> Rc<Channel> {
         // fd -1: sends fail, which is fine for bookkeeping tests.
-        Rc::new(Channel::new(id, -1, Rc::from(uid), None, None, 0, 0))
+        Rc::new(Channel::new(
+            id,
+            -1,
+            Rc::from(uid),
+            Default::default(),
+            0,
+            0,
+        ))
     }
 
     #[test]

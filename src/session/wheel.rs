@@ -118,8 +118,22 @@ impl Wheel {
 mod tests {
     use super::*;
 
-    fn channel(tick: u32) -> Rc<Channel> {
-        Rc::new(Channel::new(1, -1, Rc::from("u"), None, None, 0, tick))
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A channel over one end of a socket pair (both ends are returned so
+    /// the pair stays open for the test).
+    fn channel(tick: u32) -> (Rc<Channel>, UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let channel = Rc::new(Channel::new(
+            1,
+            ours.as_raw_fd(),
+            Rc::from("u"),
+            Default::default(),
+            0,
+            tick,
+        ));
+        (channel, ours, theirs)
     }
 
     const PERIODS: Periods = Periods {
@@ -142,7 +156,7 @@ mod tests {
     #[test]
     fn silent_connection_is_pinged_then_closed_then_killed() {
         let mut wheel = Wheel::default();
-        let c = channel(0);
+        let (c, _ours, _theirs) = channel(0);
         wheel.schedule(&c, 0, PERIODS.ping_ticks);
         let report = run(&mut wheel, 1, 11);
         assert_eq!(report.pinged, 2);
@@ -157,7 +171,7 @@ mod tests {
     #[test]
     fn active_connection_stays_open() {
         let mut wheel = Wheel::default();
-        let c = channel(0);
+        let (c, _ours, _theirs) = channel(0);
         wheel.schedule(&c, 0, PERIODS.ping_ticks);
         for t in 1..200 {
             c.last_seen_tick.set(t);
@@ -169,7 +183,7 @@ mod tests {
     #[test]
     fn dropped_channels_leave_the_wheel() {
         let mut wheel = Wheel::default();
-        let c = channel(0);
+        let (c, _ours, _theirs) = channel(0);
         wheel.schedule(&c, 0, 1);
         drop(c);
         run(&mut wheel, 1, 1);
