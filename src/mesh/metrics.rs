@@ -1,170 +1,440 @@
-//! The mesh's counters: written by the mesh thread (and, for deliveries the
-//! cores could not take, by the node's bridge), read at scrape.
+//! Mesh counters, peer states and the hop-latency histogram, plus a
+//! Prometheus collector that exposes them under the contract's names.
+//!
+//! The mesh thread is the only writer of almost everything here (the node's
+//! deliver closure also counts `deliver_full` drops, and executors count
+//! `outbound_full`); the scraper reads. Counters are relaxed atomics; the
+//! histogram sits behind a mutex taken once per received batch and once per
+//! scrape. Every family is emitted even at zero (each drop reason, each
+//! configured peer), so dashboards and alert rules always find the series.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::metrics::{encode_latency_histogram, latency_histogram};
+/// Highest hop latency the histogram resolves; slower hops are recorded as
+/// this value.
+pub const HOP_LATENCY_US_MAX: u64 = 60_000_000;
 
-/// Why an envelope was dropped (`corecast_mesh_drops_total{reason}`).
+/// Significant figures of the hop-latency histogram.
+const HOP_LATENCY_SIGFIG: u8 = 3;
+
+/// Bucket upper bounds of `corecast_mesh_hop_latency_seconds`, in
+/// microseconds (50 us .. 10 s); `+Inf` follows.
+pub const HOP_LATENCY_BUCKETS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+const _: () =
+    assert!(HOP_LATENCY_BUCKETS_US[HOP_LATENCY_BUCKETS_US.len() - 1] < HOP_LATENCY_US_MAX);
+
+/// Why an envelope was not published or not delivered; the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MeshDrop {
-    /// The executor-to-mesh queue was full.
+pub enum DropReason {
+    /// The executor -> mesh queue was full ([`super::MeshHandle::publish`]
+    /// returned false).
     OutboundFull,
-    /// Seen before (a peer listed twice, a replay).
+    /// Bytes waiting in the PUB socket for slow subscribers passed
+    /// [`super::MESH_PUB_BACKLOG_BYTES_MAX`]: the batch was not sent (its
+    /// sequence numbers are skipped, so receivers also count it as lost).
+    PubBacklog,
+    /// Already seen (same message id), e.g. a peer reached by two addresses.
     Duplicate,
-    /// Published by this node.
+    /// Published by this node (it reached us through a peer address that is
+    /// this node under another name).
     Own,
-    /// Not a valid batch of ours.
+    /// A ZeroMQ message that is not a valid batch; counted per message.
     Corrupt,
-    /// A core's inbox from the mesh was full.
+    /// The node's per-core inbox was full (counted by the deliver closure).
     DeliverFull,
 }
 
-impl MeshDrop {
-    pub const ALL: [MeshDrop; 5] = [
-        MeshDrop::OutboundFull,
-        MeshDrop::Duplicate,
-        MeshDrop::Own,
-        MeshDrop::Corrupt,
-        MeshDrop::DeliverFull,
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::OutboundFull,
+        DropReason::PubBacklog,
+        DropReason::Duplicate,
+        DropReason::Own,
+        DropReason::Corrupt,
+        DropReason::DeliverFull,
     ];
+
     pub fn label(self) -> &'static str {
         match self {
-            MeshDrop::OutboundFull => "outbound_full",
-            MeshDrop::Duplicate => "duplicate",
-            MeshDrop::Own => "own",
-            MeshDrop::Corrupt => "corrupt",
-            MeshDrop::DeliverFull => "deliver_full",
+            DropReason::OutboundFull => "outbound_full",
+            DropReason::PubBacklog => "pub_backlog",
+            DropReason::Duplicate => "duplicate",
+            DropReason::Own => "own",
+            DropReason::Corrupt => "corrupt",
+            DropReason::DeliverFull => "deliver_full",
         }
     }
 }
 
-#[derive(Debug)]
+/// The hop-latency histogram and the exact sum (HDR only keeps counts).
+struct HopLatency {
+    histogram: Histogram<u64>,
+    sum_us: u64,
+}
+
+/// Every mesh metric of one node. Create one, share it (`Arc`) with
+/// [`super::start`] and register a [`MeshCollector`] over it.
 pub struct MeshMetrics {
-    pub envelopes_in: AtomicU64,
-    pub envelopes_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub lost: AtomicU64,
-    drops: [AtomicU64; 5],
+    envelopes_in: AtomicU64,
+    envelopes_out: AtomicU64,
+    batches_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    lost: AtomicU64,
+    restarts: AtomicU64,
     peers: Mutex<BTreeMap<String, bool>>,
-    hop_latency_us: Mutex<Histogram<u64>>,
+    hop: Mutex<HopLatency>,
+}
+
+impl std::fmt::Debug for MeshMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshMetrics")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
+}
+
+/// A copy of the counters, for tests and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshSnapshot {
+    pub envelopes_in: u64,
+    pub envelopes_out: u64,
+    /// ZeroMQ messages sent (not exported: envelopes per batch in tests).
+    pub batches_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Indexed like [`DropReason::ALL`].
+    pub drops: [u64; DropReason::ALL.len()],
+    pub lost: u64,
+    /// Origins seen coming back with a new incarnation.
+    pub restarts: u64,
+    pub hop_count: u64,
+}
+
+impl MeshSnapshot {
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain counters behind: keep
+    // using them rather than poisoning every scrape.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for MeshMetrics {
     fn default() -> Self {
-        Self {
-            envelopes_in: AtomicU64::new(0),
-            envelopes_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            peers: Mutex::new(BTreeMap::new()),
-            hop_latency_us: Mutex::new(latency_histogram()),
-        }
+        Self::new()
     }
 }
 
 impl MeshMetrics {
-    pub fn dropped(&self, reason: MeshDrop, n: u64) {
+    pub fn new() -> Self {
+        let histogram = Histogram::new_with_bounds(1, HOP_LATENCY_US_MAX, HOP_LATENCY_SIGFIG)
+            .expect("constant histogram bounds are valid");
+        Self {
+            envelopes_in: AtomicU64::new(0),
+            envelopes_out: AtomicU64::new(0),
+            batches_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            drops: Default::default(),
+            lost: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            peers: Mutex::new(BTreeMap::new()),
+            hop: Mutex::new(HopLatency {
+                histogram,
+                sum_us: 0,
+            }),
+        }
+    }
+
+    /// Counts `n` envelopes dropped for `reason`.
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
-    pub fn drops_of(&self, reason: MeshDrop) -> u64 {
+
+    /// Same as [`Self::count_drop`] (the name main's node code uses).
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.count_drop(reason, n);
+    }
+
+    /// Envelopes dropped for `reason` so far.
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
-    pub fn peer(&self, address: &str, up: bool) {
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(address.to_string(), up);
+
+    /// For the node's deliver closure: a received envelope found a core's
+    /// inbox full.
+    pub fn count_deliver_full(&self) {
+        self.count_drop(DropReason::DeliverFull, 1);
+    }
+
+    pub(crate) fn count_out(&self, envelopes: u64, bytes: u64) {
+        self.envelopes_out.fetch_add(envelopes, Ordering::Relaxed);
+        self.batches_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_in_bytes(&self, bytes: u64) {
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_in_envelopes(&self, envelopes: u64) {
+        self.envelopes_in.fetch_add(envelopes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_lost(&self, envelopes: u64) {
+        self.lost.fetch_add(envelopes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Declares a peer (state 0) so its series exists before it connects.
+    pub(crate) fn add_peer(&self, peer: &str) {
+        lock(&self.peers).entry(peer.to_owned()).or_insert(false);
+    }
+
+    pub(crate) fn set_peer_up(&self, peer: &str, up: bool) {
+        lock(&self.peers).insert(peer.to_owned(), up);
+    }
+
+    /// Whether `peer`'s SUB connection is up.
+    pub fn peer_up(&self, peer: &str) -> Option<bool> {
+        lock(&self.peers).get(peer).copied()
+    }
+
+    /// Records hop latencies (microseconds) of one received batch.
+    pub(crate) fn record_hops(&self, hops_us: impl IntoIterator<Item = u64>) {
+        let mut hop = lock(&self.hop);
+        for us in hops_us {
+            hop.histogram.saturating_record(us.max(1));
+            hop.sum_us = hop.sum_us.saturating_add(us);
         }
     }
-    pub fn hop(&self, micros: u64) {
-        if let Ok(mut h) = self.hop_latency_us.lock() {
-            let _ = h.record(micros.max(1));
+
+    /// Hop latency at `quantile` (0..=1), microseconds; 0 when empty.
+    pub fn hop_latency_quantile_us(&self, quantile: f64) -> u64 {
+        lock(&self.hop).histogram.value_at_quantile(quantile)
+    }
+
+    /// Forgets recorded hop latencies (benchmarks measure a phase).
+    pub fn reset_hop_latency(&self) {
+        let mut hop = lock(&self.hop);
+        hop.histogram.reset();
+        hop.sum_us = 0;
+    }
+
+    pub fn snapshot(&self) -> MeshSnapshot {
+        let mut drops = [0; DropReason::ALL.len()];
+        for (out, counter) in drops.iter_mut().zip(&self.drops) {
+            *out = counter.load(Ordering::Relaxed);
+        }
+        MeshSnapshot {
+            envelopes_in: self.envelopes_in.load(Ordering::Relaxed),
+            envelopes_out: self.envelopes_out.load(Ordering::Relaxed),
+            batches_out: self.batches_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            drops,
+            lost: self.lost.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            hop_count: lock(&self.hop).histogram.len(),
         }
     }
-    pub fn hop_histogram(&self) -> Histogram<u64> {
-        self.hop_latency_us
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| latency_histogram())
+
+    /// Per-bucket (not cumulative) counts at [`HOP_LATENCY_BUCKETS_US`] plus
+    /// `+Inf`, the sum in seconds and the count. A bucket holds the values
+    /// HDR considers equivalent to its bound (3 significant figures).
+    fn hop_buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let hop = lock(&self.hop);
+        let mut buckets = Vec::with_capacity(HOP_LATENCY_BUCKETS_US.len() + 1);
+        let mut below = 0u64;
+        for &le in &HOP_LATENCY_BUCKETS_US {
+            let cumulative = hop.histogram.count_between(0, le);
+            buckets.push((le as f64 / 1e6, cumulative.saturating_sub(below)));
+            below = below.max(cumulative);
+        }
+        let count = hop.histogram.len();
+        buckets.push((f64::MAX, count.saturating_sub(below)));
+        (buckets, hop.sum_us as f64 / 1e6, count)
     }
 }
 
-/// The Prometheus view of [`MeshMetrics`].
+/// Exposes [`MeshMetrics`] to a `prometheus_client` registry:
+/// `registry.register_collector(Box::new(MeshCollector(metrics.clone())))`.
 #[derive(Debug)]
-pub struct MeshCollector(pub std::sync::Arc<MeshMetrics>);
+pub struct MeshCollector(pub Arc<MeshMetrics>);
 
-fn load(v: &AtomicU64) -> u64 {
-    v.load(Ordering::Relaxed)
+fn encode_counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for &(value, count) in values {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Collector for MeshCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
-        for (name, help, values) in [
-            (
-                "corecast_mesh_envelopes",
-                "Envelopes published (out) and accepted from peers (in)",
-                [load(&m.envelopes_in), load(&m.envelopes_out)],
-            ),
-            (
-                "corecast_mesh_bytes",
-                "Mesh message bytes received (in) and sent (out)",
-                [load(&m.bytes_in), load(&m.bytes_out)],
-            ),
-        ] {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (direction, value) in ["in", "out"].into_iter().zip(values) {
-                let labels = [("direction", direction)];
-                ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-            }
-        }
+        let s = m.snapshot();
+        // Counter names get `_total` from the encoder.
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_envelopes",
+            "Envelopes published to (out) and accepted from (in) the cluster mesh.",
+            "direction",
+            &[("in", s.envelopes_in), ("out", s.envelopes_out)],
+        )?;
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_bytes",
+            "Mesh batch bytes sent on the PUB socket (out, once per batch) and received (in).",
+            "direction",
+            &[("in", s.bytes_in), ("out", s.bytes_out)],
+        )?;
+        let drops: Vec<(&str, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| (r.label(), s.drops(*r)))
+            .collect();
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_drops",
+            "Envelopes dropped by the mesh, by reason (corrupt counts messages).",
+            "reason",
+            &drops,
+        )?;
         {
-            let mut metric = encoder.encode_descriptor(
-                "corecast_mesh_drops",
-                "Envelopes dropped, by reason",
+            let lost = ConstCounter::new(s.lost);
+            let metric = encoder.encode_descriptor(
+                "corecast_mesh_lost_envelopes",
+                "Envelopes missing from a peer's sequence (gaps seen by this node).",
                 None,
-                MetricType::Counter,
+                lost.metric_type(),
             )?;
-            for reason in MeshDrop::ALL {
-                let labels = [("reason", reason.label())];
-                ConstCounter::new(m.drops_of(reason)).encode(metric.encode_family(&labels)?)?;
-            }
+            lost.encode(metric)?;
         }
-        ConstCounter::new(load(&m.lost)).encode(encoder.encode_descriptor(
-            "corecast_mesh_lost_envelopes",
-            "Envelopes missing from a peer's sequence (lost on the way)",
-            None,
-            MetricType::Counter,
-        )?)?;
         {
-            let mut metric = encoder.encode_descriptor(
+            let peers: Vec<(String, bool)> = lock(&m.peers)
+                .iter()
+                .map(|(peer, up)| (peer.clone(), *up))
+                .collect();
+            let mut family = encoder.encode_descriptor(
                 "corecast_mesh_peer_up",
-                "1 while the subscription to a peer is connected",
+                "Whether this node's SUB connection to a peer's PUB socket is up.",
                 None,
                 MetricType::Gauge,
             )?;
-            let peers = m.peers.lock().map(|p| p.clone()).unwrap_or_default();
-            for (peer, up) in peers {
+            for (peer, up) in &peers {
                 let labels = [("peer", peer.as_str())];
-                ConstGauge::new(i64::from(up)).encode(metric.encode_family(&labels)?)?;
+                ConstGauge::new(i64::from(*up)).encode(family.encode_family(&labels)?)?;
             }
         }
-        encode_latency_histogram(
-            &mut encoder,
-            "corecast_mesh_hop_latency_seconds",
-            "Origin node accepted a push to this node received it",
-            &m.hop_histogram(),
-        )
+        {
+            let (buckets, sum, count) = m.hop_buckets();
+            let mut metric = encoder.encode_descriptor(
+                "corecast_mesh_hop_latency_seconds",
+                "Origin accept (created_at) to receipt on this node, per envelope.",
+                None,
+                MetricType::Histogram,
+            )?;
+            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn scrape(metrics: &Arc<MeshMetrics>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(MeshCollector(metrics.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn every_family_is_exposed_at_zero() {
+        let metrics = Arc::new(MeshMetrics::new());
+        metrics.add_peer("tcp://10.0.0.2:7000");
+        let text = scrape(&metrics);
+        for line in [
+            "corecast_mesh_envelopes_total{direction=\"in\"} 0",
+            "corecast_mesh_envelopes_total{direction=\"out\"} 0",
+            "corecast_mesh_bytes_total{direction=\"in\"} 0",
+            "corecast_mesh_bytes_total{direction=\"out\"} 0",
+            "corecast_mesh_drops_total{reason=\"outbound_full\"} 0",
+            "corecast_mesh_drops_total{reason=\"duplicate\"} 0",
+            "corecast_mesh_drops_total{reason=\"own\"} 0",
+            "corecast_mesh_drops_total{reason=\"corrupt\"} 0",
+            "corecast_mesh_drops_total{reason=\"deliver_full\"} 0",
+            "corecast_mesh_drops_total{reason=\"pub_backlog\"} 0",
+            "corecast_mesh_lost_envelopes_total 0",
+            "corecast_mesh_peer_up{peer=\"tcp://10.0.0.2:7000\"} 0",
+            "corecast_mesh_hop_latency_seconds_sum 0.0",
+            "corecast_mesh_hop_latency_seconds_count 0",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"0.00005\"} 0",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"+Inf\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = Arc::new(MeshMetrics::new());
+        metrics.record_hops([40, 90, 900, 2_000_000, 90_000_000]);
+        metrics.count_deliver_full();
+        metrics.set_peer_up("p", true);
+        let text = scrape(&metrics);
+        for line in [
+            "corecast_mesh_hop_latency_seconds_count 5",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"0.00005\"} 1",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"0.0001\"} 2",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"0.001\"} 3",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"2.5\"} 4",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"10.0\"} 4",
+            "corecast_mesh_hop_latency_seconds_bucket{le=\"+Inf\"} 5",
+            "corecast_mesh_drops_total{reason=\"deliver_full\"} 1",
+            "corecast_mesh_peer_up{peer=\"p\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

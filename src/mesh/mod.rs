@@ -1,52 +1,126 @@
-//! The cluster mesh: one ZeroMQ PUB socket per node and one SUB socket per
-//! peer, on a thread of its own (the `zeromq` crate runs on tokio), bridged
-//! to the executors by bounded channels that executors never block on.
+//! The node-to-node mesh: every push accepted on this node is published once
+//! to every other node; every push accepted elsewhere is handed to this node.
 //!
-//! A push accepted by a node is published once; every other node delivers
-//! it to its own connections. Envelopes waiting at a flush are batched into
-//! one ZeroMQ message (a PUB socket drops whole messages for a subscriber
-//! that falls behind, so few large messages lose far less than many small
-//! ones), and each carries a per-origin sequence number so receivers count
-//! gaps. A receiver drops its own envelopes and duplicates by message id.
+//! Data flow:
+//!
+//! ```text
+//! executors ──publish() (try_send, bounded)──► mesh thread ──batch──► PUB socket (bound on mesh_listen)
+//!                                              (tokio current_thread, own OS thread)
+//! peers' PUB ──► one SUB socket per peer ──► Inbound (validate, own/duplicate drop,
+//!                                             sequence gaps, hop latency) ──deliver()──► node
+//! ```
+//!
+//! - [`envelope`]: the wire format (rkyv batches behind a magic/version
+//!   header, checked decoding).
+//! - [`inbound`]: the receive logic with no sockets (unit-tested with bytes).
+//! - [`bridge`]: the thread, the ZeroMQ sockets, batching and reconnects.
+//! - [`metrics`]: counters, peer states, hop latency, the Prometheus
+//!   collector.
+//!
+//! The mesh never blocks the executors (a full queue is a counted drop) and
+//! never grows without bound: queues, batches, the duplicate filter, the
+//! origin table and the bytes waiting in the PUB socket are all capped by
+//! the constants below.
 
+mod bridge;
 pub mod envelope;
+pub mod inbound;
 pub mod metrics;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use zeromq::{Socket, SocketRecv, SocketSend};
 
-use self::envelope::Envelope;
-pub use self::metrics::{MeshCollector, MeshDrop, MeshMetrics};
 use crate::config::ClusterConfig;
 use crate::limits::MESH_CHANNEL_CAPACITY;
-use crate::push::{ContentKind, Target, unix_micros};
+use crate::push::{ContentKind, Target};
 
-/// Envelopes in one ZeroMQ message, at most.
-pub const BATCH_ENVELOPES_MAX: usize = 1024;
-/// Recent message ids remembered for duplicate detection.
-pub const DEDUP_WINDOW: usize = 65_536;
-/// Pause before a lost peer subscription is set up again.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
-/// Time `shutdown` gives the thread to publish what is queued.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+pub use metrics::{DropReason, MeshCollector, MeshMetrics, MeshSnapshot};
+
+/// The name main's node code (commit 61aaab1) uses for [`DropReason`].
+pub use metrics::DropReason as MeshDrop;
+
+/// A fresh metrics set to pass to [`start`] (and to [`collectors`]).
+pub fn new_metrics() -> Arc<MeshMetrics> {
+    Arc::new(MeshMetrics::new())
+}
+
+/// The mesh's Prometheus collectors, for the node's `/metrics`.
+pub fn collectors(
+    metrics: &Arc<MeshMetrics>,
+) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
+    vec![Box::new(MeshCollector(metrics.clone()))]
+}
+
+/// Largest batch (one ZeroMQ message), in estimated archive bytes; an
+/// envelope larger than this travels alone.
+pub const MESH_BATCH_BYTES_MAX: usize = 64 * 1024;
+
+/// Envelopes in one batch, at most.
+pub const MESH_BATCH_ENVELOPES_MAX: usize = 1024;
+
+/// Message ids remembered by the duplicate filter.
+pub const MESH_DEDUP_IDS: usize = 65_536;
+
+/// Origin nodes whose sequence is tracked (a cluster is far smaller).
+pub const MESH_ORIGINS_MAX: usize = 1024;
+
+/// Batch bytes handed to the PUB socket and not yet written to every
+/// subscriber's TCP socket. The zeromq crate queues up to 100,000 messages
+/// per subscriber with no byte limit; past this cap (a stalled subscriber)
+/// new batches are dropped (`pub_backlog`) instead of growing memory.
+pub const MESH_PUB_BACKLOG_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One SUB connection attempt (TCP connect and ZMTP handshake) gives up
+/// after this and is retried with backoff.
+pub const MESH_CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// Backoff between attempts to reach a peer: from min, doubling, to max.
+pub const MESH_RECONNECT_MIN_MS: u64 = 50;
+pub const MESH_RECONNECT_MAX_MS: u64 = 1_000;
+
+/// At shutdown, time allowed for queued envelopes to reach the sockets.
+pub const MESH_FLUSH_TIMEOUT_MS: u64 = 1_000;
+
+/// Time `start` waits for the mesh thread to bind its PUB socket.
+pub const MESH_START_TIMEOUT_MS: u64 = 5_000;
+
+/// Time `shutdown` waits for the mesh thread to end after the flush.
+pub const MESH_STOP_TIMEOUT_MS: u64 = MESH_FLUSH_TIMEOUT_MS + 1_000;
+
+const _: () = assert!(MESH_BATCH_ENVELOPES_MAX <= MESH_CHANNEL_CAPACITY);
+const _: () = assert!(MESH_BATCH_ENVELOPES_MAX <= MESH_DEDUP_IDS);
+const _: () = assert!(MESH_PUB_BACKLOG_BYTES_MAX >= 16 * MESH_BATCH_BYTES_MAX);
+const _: () = assert!(MESH_RECONNECT_MIN_MS <= MESH_RECONNECT_MAX_MS);
+const _: () = assert!(MESH_FLUSH_TIMEOUT_MS < MESH_STOP_TIMEOUT_MS);
 
 /// Why the mesh could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
-    #[error("cannot start the mesh runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error("cannot bind the PUB socket on {address}: {message}")]
-    Bind { address: String, message: String },
+    #[error("cluster.node_id is empty: the mesh needs it to recognise its own envelopes")]
+    NoNodeId,
+    #[error("invalid mesh address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error("cannot bind the mesh PUB socket on {address}: {source}")]
+    Bind {
+        address: String,
+        source: zeromq::ZmqError,
+    },
+    #[error("cannot start the mesh thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error(
+        "the mesh thread did not report its PUB socket bound within {MESH_START_TIMEOUT_MS} ms"
+    )]
+    StartTimeout,
 }
 
-/// What the mesh hands to the node for every valid envelope that is not
-/// from this node and not a duplicate.
-#[derive(Debug)]
+/// What the mesh hands to the node for every envelope that is valid, not
+/// from this node, and not a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received {
     pub origin: String,
     pub id: String,
@@ -56,19 +130,44 @@ pub struct Received {
     pub created_at_us: u64,
 }
 
-/// The executors' end of the mesh.
-#[derive(Debug)]
+/// One envelope on its way from an executor to the mesh thread.
+struct Outbound {
+    id: String,
+    target: Target,
+    kind: ContentKind,
+    payload: Bytes,
+    created_at_us: u64,
+}
+
+struct Shared {
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    listen_endpoint: String,
+}
+
+/// The executors' end of the mesh: cheap to clone, `Send + Sync`.
+#[derive(Clone)]
 pub struct MeshHandle {
-    outbound: async_channel::Sender<Envelope>,
-    origin: String,
-    incarnation: u64,
+    tx: async_channel::Sender<Outbound>,
     metrics: Arc<MeshMetrics>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHandle")
+            .field("listen", &self.shared.listen_endpoint)
+            .field("queued", &self.tx.len())
+            .finish()
+    }
 }
 
 impl MeshHandle {
-    /// Queues one envelope for publication without blocking; `false` (and
-    /// a counted drop) when the queue is full.
+    /// Non-blocking; called from glommio executors. Publishes one envelope
+    /// for a push (or a membership change: `Target::RoomJoin`/`RoomLeave`
+    /// with an empty payload) accepted on this node. Returns false (and
+    /// counts a drop with reason "outbound_full") when the bounded queue is
+    /// full or the mesh is stopping.
     pub fn publish(
         &self,
         id: &str,
@@ -77,40 +176,121 @@ impl MeshHandle {
         payload: &Bytes,
         created_at_us: u64,
     ) -> bool {
-        let envelope = Envelope {
-            origin: self.origin.clone(),
-            incarnation: self.incarnation,
-            seq: 0, // numbered by the mesh thread, in publication order
-            id: id.to_string(),
-            target: target.clone(),
-            kind,
-            payload: payload.to_vec(),
-            created_at_us,
-        };
-        if self.outbound.try_send(envelope).is_err() {
-            self.metrics.dropped(MeshDrop::OutboundFull, 1);
+        if self.tx.is_full() || self.tx.is_closed() {
+            // Checked first so a full queue costs no clone of the target.
+            self.metrics.count_drop(DropReason::OutboundFull, 1);
             return false;
         }
-        true
-    }
-
-    /// Publishes what is queued (bounded wait) and stops the thread.
-    pub fn shutdown(mut self) {
-        self.outbound.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let envelope = Outbound {
+            id: id.to_owned(),
+            target: target.clone(),
+            kind,
+            payload: payload.clone(),
+            created_at_us,
+        };
+        match self.tx.try_send(envelope) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.count_drop(DropReason::OutboundFull, 1);
+                false
+            }
         }
     }
+
+    /// The address the PUB socket is bound to (the port resolved when the
+    /// configuration asked for port 0).
+    pub fn listen_endpoint(&self) -> &str {
+        &self.shared.listen_endpoint
+    }
+
+    /// Envelopes waiting for the mesh thread.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Flushes what is queued (bounded wait: [`MESH_FLUSH_TIMEOUT_MS`]) and
+    /// stops the thread. Called once at shutdown; other clones of the handle
+    /// stop publishing (their `publish` returns false).
+    pub fn shutdown(self) {
+        self.tx.close();
+        let stopped = self
+            .shared
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(stopped) = stopped else { return };
+        if stopped
+            .recv_timeout(Duration::from_millis(MESH_STOP_TIMEOUT_MS))
+            .is_ok()
+        {
+            let thread = self
+                .shared
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
+        // Otherwise the thread is left to finish on its own: shutdown stays
+        // bounded whatever a peer or the runtime does.
+    }
 }
 
-fn normalize(address: &str) -> String {
-    address
-        .trim()
-        .trim_end_matches('/')
-        .replace("localhost", "127.0.0.1")
+/// A mesh address, normalized for comparison: `tcp://host:port`, lower
+/// case, no surrounding space or trailing slash.
+pub fn normalize_address(address: &str) -> Result<String, MeshError> {
+    let bad = |reason: &str| MeshError::Address {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let lower = address.trim().trim_end_matches('/').to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("tcp://")
+        .ok_or_else(|| bad("expected tcp://host:port"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected tcp://host:port"))?;
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| bad("port is not a number from 0 to 65535"))?;
+    Ok(format!("tcp://{host}:{port}"))
 }
 
-/// Starts the mesh thread, or returns `None` for a node with no mesh.
+/// The peers to connect to: every configured peer except this node's own
+/// address and exact repeats (after normalization), in configured order.
+/// Returned as written in the configuration (trimmed): that is the metric
+/// label.
+pub fn peers_to_connect(cluster: &ClusterConfig) -> Result<Vec<String>, MeshError> {
+    let own = if cluster.mesh_listen.trim().is_empty() {
+        None
+    } else {
+        Some(normalize_address(&cluster.mesh_listen)?)
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut peers = Vec::new();
+    for peer in &cluster.mesh_peers {
+        if peer.trim().is_empty() {
+            continue;
+        }
+        let normalized = normalize_address(peer)?;
+        if Some(&normalized) == own.as_ref() || !seen.insert(normalized) {
+            continue;
+        }
+        peers.push(peer.trim().to_owned());
+    }
+    Ok(peers)
+}
+
+/// Starts the mesh thread: binds the PUB socket on `cluster.mesh_listen`
+/// (before returning: a bind error is returned here) and connects to every
+/// peer in the background. `deliver` runs on the mesh thread and must not
+/// block. Returns `Ok(None)` and starts nothing when this node has no
+/// `mesh_listen` or no peer other than itself.
 pub fn start(
     node_id: &str,
     cluster: &ClusterConfig,
@@ -118,241 +298,16 @@ pub fn start(
     deliver: Box<dyn Fn(Received) + Send>,
     metrics: Arc<MeshMetrics>,
 ) -> Result<Option<MeshHandle>, MeshError> {
-    if cluster.mesh_listen.is_empty() {
+    if cluster.mesh_listen.trim().is_empty() {
         return Ok(None);
     }
-    let own = normalize(&cluster.mesh_listen);
-    let mut peers: Vec<String> = cluster
-        .mesh_peers
-        .iter()
-        .map(|p| normalize(p))
-        .filter(|p| *p != own)
-        .collect();
-    peers.sort();
-    peers.dedup();
-    let (tx, rx) = async_channel::bounded(MESH_CHANNEL_CAPACITY);
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let listen = cluster.mesh_listen.clone();
-    let origin = node_id.to_string();
-    let thread_metrics = metrics.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(MeshError::Runtime)?;
-    let thread = std::thread::Builder::new()
-        .name("corecast-mesh".into())
-        .spawn(move || {
-            if let Some(cpu) = pin_cpu {
-                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-            }
-            runtime.block_on(run(
-                listen,
-                origin,
-                peers,
-                rx,
-                deliver,
-                thread_metrics,
-                bound_tx,
-            ));
-        })
-        .map_err(MeshError::Runtime)?;
-    match bound_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(message)) => {
-            let _ = thread.join();
-            return Err(MeshError::Bind {
-                address: cluster.mesh_listen.clone(),
-                message,
-            });
-        }
-        Err(_) => {
-            return Err(MeshError::Bind {
-                address: cluster.mesh_listen.clone(),
-                message: "mesh thread ended".into(),
-            });
-        }
+    let peers = peers_to_connect(cluster)?;
+    if peers.is_empty() {
+        return Ok(None);
     }
-    Ok(Some(MeshHandle {
-        outbound: tx,
-        origin: node_id.to_string(),
-        incarnation: rand::random(),
-        metrics,
-        thread: Some(thread),
-    }))
-}
-
-async fn run(
-    listen: String,
-    origin: String,
-    peers: Vec<String>,
-    outbound: async_channel::Receiver<Envelope>,
-    deliver: Box<dyn Fn(Received) + Send>,
-    metrics: Arc<MeshMetrics>,
-    bound: std::sync::mpsc::Sender<Result<(), String>>,
-) {
-    let mut publisher = zeromq::PubSocket::new();
-    if let Err(e) = publisher.bind(&listen).await {
-        let _ = bound.send(Err(e.to_string()));
-        return;
+    if node_id.is_empty() {
+        return Err(MeshError::NoNodeId);
     }
-    let _ = bound.send(Ok(()));
-    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(1024);
-    for peer in peers {
-        metrics.peer(&peer, false);
-        tokio::spawn(subscribe(peer, inbound_tx.clone(), metrics.clone()));
-    }
-    drop(inbound_tx);
-    let receiver = tokio::spawn(receive(origin, inbound_rx, deliver, metrics.clone()));
-    publish(&mut publisher, outbound, &metrics).await;
-    receiver.abort();
-}
-
-/// Publishes queued envelopes in batches until the queue is closed, then
-/// flushes what is left (bounded).
-async fn publish(
-    publisher: &mut zeromq::PubSocket,
-    outbound: async_channel::Receiver<Envelope>,
-    metrics: &MeshMetrics,
-) {
-    let mut seq = 0u64;
-    let mut batch = Vec::with_capacity(BATCH_ENVELOPES_MAX);
-    while let Ok(first) = outbound.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH_ENVELOPES_MAX {
-            match outbound.try_recv() {
-                Ok(envelope) => batch.push(envelope),
-                Err(_) => break,
-            }
-        }
-        for envelope in &mut batch {
-            seq += 1;
-            envelope.seq = seq;
-        }
-        let count = batch.len() as u64;
-        let bytes = envelope::encode(std::mem::take(&mut batch));
-        metrics
-            .bytes_out
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let sent = tokio::time::timeout(
-            SHUTDOWN_FLUSH,
-            publisher.send(zeromq::ZmqMessage::from(bytes)),
-        )
-        .await;
-        if matches!(sent, Ok(Ok(()))) {
-            metrics
-                .envelopes_out
-                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Keeps one SUB socket connected to `peer`, forwarding every message.
-async fn subscribe(
-    peer: String,
-    inbound: tokio::sync::mpsc::Sender<(String, Bytes)>,
-    metrics: Arc<MeshMetrics>,
-) {
-    loop {
-        let mut socket = zeromq::SubSocket::new();
-        if socket.subscribe("").await.is_ok() && socket.connect(&peer).await.is_ok() {
-            metrics.peer(&peer, true);
-            let mut events = socket.monitor();
-            loop {
-                tokio::select! {
-                    message = socket.recv() => match message {
-                        Ok(message) => {
-                            for frame in message.into_vec() {
-                                if inbound.send((peer.clone(), frame)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(_) => break,
-                    },
-                    event = futures_lite::StreamExt::next(&mut events) => match event {
-                        Some(zeromq::SocketEvent::Disconnected(_)) | None => break,
-                        Some(_) => {}
-                    },
-                }
-            }
-            metrics.peer(&peer, false);
-        }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-    }
-}
-
-/// Decodes, filters and hands over what the subscriptions receive.
-async fn receive(
-    origin: String,
-    mut inbound: tokio::sync::mpsc::Receiver<(String, Bytes)>,
-    deliver: Box<dyn Fn(Received) + Send>,
-    metrics: Arc<MeshMetrics>,
-) {
-    let mut seen: HashSet<String> = HashSet::with_capacity(DEDUP_WINDOW);
-    let mut order: VecDeque<String> = VecDeque::with_capacity(DEDUP_WINDOW);
-    // (origin, incarnation) -> last sequence number
-    let mut last_seq: HashMap<(String, u64), u64> = HashMap::new();
-    while let Some((_peer, bytes)) = inbound.recv().await {
-        metrics
-            .bytes_in
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let batch = match envelope::decode(&bytes) {
-            Ok(batch) => batch,
-            Err(_) => {
-                metrics.dropped(MeshDrop::Corrupt, 1);
-                continue;
-            }
-        };
-        let now = unix_micros();
-        for envelope in batch.envelopes {
-            if envelope.origin == origin {
-                metrics.dropped(MeshDrop::Own, 1);
-                continue;
-            }
-            if seen.contains(&envelope.id) {
-                metrics.dropped(MeshDrop::Duplicate, 1);
-                continue;
-            }
-            if order.len() == DEDUP_WINDOW
-                && let Some(old) = order.pop_front()
-            {
-                seen.remove(&old);
-            }
-            seen.insert(envelope.id.clone());
-            order.push_back(envelope.id.clone());
-            let key = (envelope.origin.clone(), envelope.incarnation);
-            let last = last_seq.entry(key).or_insert(0);
-            if envelope.seq > *last + 1 {
-                metrics.lost.fetch_add(
-                    envelope.seq - *last - 1,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
-            *last = (*last).max(envelope.seq);
-            metrics
-                .envelopes_in
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics.hop(now.saturating_sub(envelope.created_at_us));
-            deliver(Received {
-                origin: envelope.origin,
-                id: envelope.id,
-                target: envelope.target,
-                kind: envelope.kind,
-                payload: Bytes::from(envelope.payload),
-                created_at_us: envelope.created_at_us,
-            });
-        }
-    }
-}
-
-/// A fresh metrics set for a node.
-pub fn new_metrics() -> Arc<MeshMetrics> {
-    Arc::new(MeshMetrics::default())
-}
-
-/// The mesh's Prometheus collectors.
-pub fn collectors(
-    metrics: &Arc<MeshMetrics>,
-) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
-    vec![Box::new(MeshCollector(metrics.clone()))]
+    let listen = cluster.mesh_listen.trim().to_owned();
+    bridge::spawn(node_id, listen, peers, pin_cpu, deliver, metrics).map(Some)
 }

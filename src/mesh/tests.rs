@@ -1,0 +1,639 @@
+//! In-process meshes on loopback: two or three nodes in one test process,
+//! each with its own mesh thread, talking ZeroMQ over 127.0.0.1.
+//!
+//! Every wait is bounded ([`WAIT`]); ports are picked free by binding port 0
+//! and released just before the mesh binds them.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::ClusterConfig;
+use crate::push::unix_micros;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn addr(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Node {
+    handle: Option<MeshHandle>,
+    metrics: Arc<MeshMetrics>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Node {
+    fn start(id: &str, port: u16, peers: &[String]) -> Node {
+        let cluster = ClusterConfig {
+            node_id: id.into(),
+            mesh_listen: addr(port),
+            mesh_peers: peers.to_vec(),
+        };
+        let metrics = Arc::new(MeshMetrics::new());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let handle = start(
+            id,
+            &cluster,
+            None,
+            Box::new(move |r| sink.lock().unwrap().push(r)),
+            metrics.clone(),
+        )
+        .expect("mesh starts")
+        .expect("mesh has peers");
+        Node {
+            handle: Some(handle),
+            metrics,
+            got,
+        }
+    }
+
+    fn handle(&self) -> &MeshHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    fn publish(&self, id: &str, target: Target) -> bool {
+        self.handle().publish(
+            id,
+            &target,
+            ContentKind::Text,
+            &Bytes::from(format!("payload of {id}")),
+            unix_micros(),
+        )
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    fn wait_peers_up(&self, peers: &[String]) {
+        wait_until("peers up", || {
+            peers.iter().all(|p| self.metrics.peer_up(p) == Some(true))
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Time for a PUB socket to register a subscription after the SUB side
+/// reports the connection (ZeroMQ's "slow joiner").
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn no_listen_or_no_peers_starts_nothing() {
+    let metrics = Arc::new(MeshMetrics::new());
+    let none = |cluster: ClusterConfig| {
+        start("n", &cluster, None, Box::new(|_| {}), metrics.clone())
+            .unwrap()
+            .is_none()
+    };
+    assert!(none(ClusterConfig::default()));
+    assert!(none(ClusterConfig {
+        node_id: "n".into(),
+        mesh_listen: String::new(),
+        mesh_peers: vec![addr(1)],
+    }));
+    assert!(none(ClusterConfig {
+        node_id: "n".into(),
+        mesh_listen: addr(7000),
+        mesh_peers: vec!["TCP://127.0.0.1:7000/ ".into()],
+    }));
+    assert!(matches!(
+        start(
+            "",
+            &ClusterConfig {
+                node_id: String::new(),
+                mesh_listen: addr(7000),
+                mesh_peers: vec![addr(7001)],
+            },
+            None,
+            Box::new(|_| {}),
+            metrics.clone()
+        ),
+        Err(MeshError::NoNodeId)
+    ));
+    assert!(matches!(
+        normalize_address("udp://x:1"),
+        Err(MeshError::Address { .. })
+    ));
+    assert!(normalize_address("tcp://x:99999").is_err());
+}
+
+#[test]
+fn a_bind_error_is_returned_by_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cluster = ClusterConfig {
+        node_id: "a".into(),
+        mesh_listen: addr(port),
+        mesh_peers: vec![addr(free_port())],
+    };
+    let result = start(
+        "a",
+        &cluster,
+        None,
+        Box::new(|_| {}),
+        Arc::new(MeshMetrics::new()),
+    );
+    assert!(matches!(result, Err(MeshError::Bind { .. })), "{result:?}");
+}
+
+#[test]
+fn three_nodes_deliver_once_and_never_back_to_the_origin() {
+    let ports = [free_port(), free_port(), free_port()];
+    let all: Vec<String> = ports.iter().map(|&p| addr(p)).collect();
+    // Every node lists every node, itself included.
+    let a = Node::start("a", ports[0], &all);
+    let b = Node::start("b", ports[1], &all);
+    let c = Node::start("c", ports[2], &all);
+    a.wait_peers_up(&[all[1].clone(), all[2].clone()]);
+    b.wait_peers_up(&[all[0].clone(), all[2].clone()]);
+    c.wait_peers_up(&[all[0].clone(), all[1].clone()]);
+    assert_eq!(
+        a.metrics.peer_up(&all[0]),
+        None,
+        "own address is not a peer"
+    );
+    settle();
+
+    let targets = [
+        Target::User("alice".into()),
+        Target::Users(vec!["bob".into(), "carol".into()]),
+        Target::Room("lobby".into()),
+        Target::Broadcast,
+        Target::RoomJoin {
+            room: "lobby".into(),
+            uid: "dave".into(),
+        },
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        assert!(a.publish(&format!("a-{i}"), target.clone()));
+    }
+    assert!(b.publish("b-0", Target::Broadcast));
+    wait_until("b and c receive a's envelopes", || {
+        b.count() == targets.len() && c.count() == targets.len() + 1
+    });
+    wait_until("a receives b's envelope", || a.count() == 1);
+    // Anything extra (a copy, an echo) would arrive within this.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let expected: Vec<String> = (0..targets.len()).map(|i| format!("a-{i}")).collect();
+    assert_eq!(b.ids(), expected);
+    let c_from_a: Vec<String> = c
+        .ids()
+        .into_iter()
+        .filter(|id| id.starts_with("a-"))
+        .collect();
+    assert_eq!(c_from_a, expected);
+    assert_eq!(a.ids(), vec!["b-0".to_string()]);
+    let got = b.got.lock().unwrap();
+    for (r, target) in got.iter().zip(&targets) {
+        assert_eq!(&r.target, target);
+        assert_eq!(r.origin, "a");
+        assert_eq!(r.kind, ContentKind::Text);
+        assert_eq!(r.payload, Bytes::from(format!("payload of {}", r.id)));
+    }
+    drop(got);
+    for node in [&a, &b, &c] {
+        let s = node.metrics.snapshot();
+        assert_eq!(s.drops(DropReason::Duplicate), 0);
+        assert_eq!(s.drops(DropReason::Own), 0);
+        assert_eq!(s.drops(DropReason::Corrupt), 0);
+        assert_eq!(s.lost, 0);
+    }
+    assert_eq!(a.metrics.snapshot().envelopes_out, targets.len() as u64);
+    assert_eq!(b.metrics.snapshot().envelopes_in, targets.len() as u64);
+}
+
+#[test]
+fn a_peer_listed_twice_delivers_once() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    // The same peer under two names, and one exact repeat.
+    let twice = [addr(pa), format!("tcp://localhost:{pa}"), addr(pa)];
+    let b = Node::start("b", pb, &twice);
+    b.wait_peers_up(&twice[..2]);
+    settle();
+
+    for i in 0..100 {
+        assert!(a.publish(&format!("m{i}"), Target::Broadcast));
+    }
+    wait_until("one copy of each", || b.count() == 100);
+    wait_until("the second copies", || {
+        b.metrics.snapshot().drops(DropReason::Duplicate) == 100
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(b.count(), 100);
+    let expected: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(b.ids(), expected);
+    assert_eq!(b.metrics.snapshot().lost, 0);
+}
+
+#[test]
+fn a_burst_of_100000_arrives_in_order() {
+    const N: usize = 100_000;
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    let b = Node::start("b", pb, &[addr(pa)]);
+    b.wait_peers_up(&[addr(pa)]);
+    settle();
+
+    let target = Target::User("u".into());
+    let payload = Bytes::from_static(&[b'x'; 100]);
+    let handle = a.handle();
+    for i in 0..N {
+        // The queue holds MESH_CHANNEL_CAPACITY; a burst larger than that
+        // waits for room instead of counting drops.
+        while handle.queued() >= MESH_CHANNEL_CAPACITY {
+            std::thread::yield_now();
+        }
+        assert!(handle.publish(
+            &format!("{i}"),
+            &target,
+            ContentKind::Binary,
+            &payload,
+            unix_micros()
+        ));
+    }
+    wait_until("the whole burst", || b.count() >= N);
+    std::thread::sleep(Duration::from_millis(200));
+    let got = b.got.lock().unwrap();
+    assert_eq!(got.len(), N);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.id, i.to_string(), "in order");
+        assert_eq!(r.payload, payload);
+    }
+    let (sa, sb) = (a.metrics.snapshot(), b.metrics.snapshot());
+    assert_eq!(sa.envelopes_out, N as u64);
+    assert_eq!(sb.envelopes_in, N as u64);
+    assert_eq!(sb.lost, 0);
+    assert_eq!(sa.drops(DropReason::OutboundFull), 0);
+    assert!(sa.bytes_out > (N * 100) as u64);
+    assert_eq!(sa.bytes_out, sb.bytes_in);
+    assert_eq!(sb.hop_count, N as u64);
+}
+
+#[test]
+fn a_late_or_restarted_peer_starts_receiving() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.metrics.peer_up(&addr(pb)), Some(false));
+    // Published while nobody listens: gone, and a's work is not blocked.
+    assert!(a.publish("early", Target::Broadcast));
+
+    let mut b = Node::start("b", pb, &[addr(pa)]);
+    b.wait_peers_up(&[addr(pa)]);
+    a.wait_peers_up(&[addr(pb)]);
+    settle();
+    assert!(a.publish("a-1", Target::Broadcast));
+    assert!(b.publish("b1-1", Target::Broadcast));
+    wait_until("both directions", || b.count() == 1 && a.count() == 1);
+    assert_eq!(b.ids(), vec!["a-1".to_string()]);
+
+    // b goes away and comes back as a new process on the same address.
+    b.stop();
+    wait_until("a sees b down", || {
+        a.metrics.peer_up(&addr(pb)) == Some(false)
+    });
+    let b2 = Node::start("b", pb, &[addr(pa)]);
+    a.wait_peers_up(&[addr(pb)]);
+    b2.wait_peers_up(&[addr(pa)]);
+    settle();
+    assert!(b2.publish("b2-1", Target::Broadcast));
+    assert!(a.publish("a-2", Target::Broadcast));
+    wait_until("after the restart", || a.count() == 2 && b2.count() == 1);
+    assert_eq!(a.ids(), vec!["b1-1".to_string(), "b2-1".to_string()]);
+    let s = a.metrics.snapshot();
+    assert_eq!(s.restarts, 1, "a new incarnation, not a gap");
+    assert_eq!(s.lost, 0);
+}
+
+#[test]
+fn garbage_is_counted_and_nothing_panics() {
+    let (pa, pb, pj) = (free_port(), free_port(), free_port());
+    // `a` also subscribes to a junk publisher of ours.
+    let a = Node::start("a", pa, &[addr(pb), addr(pj)]);
+    let b = Node::start("b", pb, &[addr(pa)]);
+
+    // Raw TCP junk at a's PUB port: the ZMTP handshake fails there.
+    for size in [1usize, 10, 64, 4096] {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", pa)) {
+            let junk: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
+            let _ = stream.write_all(&junk);
+        }
+    }
+
+    // A ZeroMQ PUB socket that publishes junk to a's SUB.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use zeromq::{Socket, SocketSend};
+        let mut junk = zeromq::PubSocket::new();
+        junk.bind(&addr(pj)).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        while a.metrics.snapshot().drops(DropReason::Corrupt) < 3 {
+            assert!(Instant::now() < deadline, "corrupt messages not counted");
+            let _ = junk.send(zeromq::ZmqMessage::from("not a batch")).await;
+            let mut forged = envelope::HEADER.to_vec();
+            forged.extend_from_slice(&[0xa5; 100]);
+            let _ = junk.send(zeromq::ZmqMessage::from(forged)).await;
+            let mut two = zeromq::ZmqMessage::from("frame one");
+            two.push_back(Bytes::from_static(b"frame two"));
+            let _ = junk.send(two).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // The mesh still works both ways.
+    a.wait_peers_up(&[addr(pb)]);
+    b.wait_peers_up(&[addr(pa)]);
+    settle();
+    assert!(b.publish("after-junk", Target::Broadcast));
+    wait_until("delivery after junk", || a.count() == 1);
+    assert_eq!(a.ids(), vec!["after-junk".to_string()]);
+    assert!(a.metrics.snapshot().drops(DropReason::Corrupt) >= 3);
+}
+
+#[test]
+fn publish_never_blocks_and_counts_a_full_queue() {
+    // The peer never comes up; the thread keeps draining into a PUB socket
+    // with no subscribers, so fill the queue faster than it drains by
+    // stopping the mesh first: a stopped mesh refuses and counts.
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Node::start("a", pa, &[addr(pb)]);
+    let handle = a.handle().clone();
+    let started = Instant::now();
+    a.stop();
+    assert!(started.elapsed() < Duration::from_millis(MESH_STOP_TIMEOUT_MS + 500));
+    assert!(!handle.publish("x", &Target::Broadcast, ContentKind::Text, &Bytes::new(), 0));
+    assert_eq!(a.metrics.snapshot().drops(DropReason::OutboundFull), 1);
+}
+
+/// A ZMTP 3.0 SUB handshake by hand (greeting, READY, subscribe to
+/// everything), for a subscriber that then never reads.
+fn zmtp_sub_hello() -> Vec<u8> {
+    let mut greeting = [0u8; 64];
+    greeting[0] = 0xff;
+    greeting[9] = 0x7f;
+    greeting[10] = 3;
+    greeting[12..16].copy_from_slice(b"NULL");
+    let mut out = greeting.to_vec();
+    let mut ready = vec![5u8];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&3u32.to_be_bytes());
+    ready.extend_from_slice(b"SUB");
+    out.extend_from_slice(&[0x04, ready.len() as u8]);
+    out.extend_from_slice(&ready);
+    out.extend_from_slice(&[0x00, 1, 1]);
+    out
+}
+
+#[test]
+fn a_stalled_subscriber_costs_bounded_memory() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    let b = Node::start("b", pb, &[addr(pa)]);
+    b.wait_peers_up(&[addr(pa)]);
+
+    let mut stalled = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    stalled.write_all(&zmtp_sub_hello()).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut hello = [0u8; 64];
+    std::io::Read::read_exact(&mut stalled, &mut hello).unwrap();
+    settle();
+
+    // 4 KiB payloads, far more than the backlog cap plus socket buffers.
+    let payload = Bytes::from(vec![7u8; 4096]);
+    let handle = a.handle();
+    let mut published = 0u64;
+    let deadline = Instant::now() + WAIT;
+    while a.metrics.snapshot().drops(DropReason::PubBacklog) == 0 {
+        assert!(Instant::now() < deadline, "backlog cap never reached");
+        while handle.queued() >= 1024 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(handle.publish(
+            &format!("{published}"),
+            &Target::Broadcast,
+            ContentKind::Binary,
+            &payload,
+            0
+        ));
+        published += 1;
+    }
+    // Once the stalled subscriber is gone its queue is freed, batches flow
+    // again, and the next envelope shows b the hole.
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(300));
+    wait_until("a sends again", || {
+        let before = a.metrics.snapshot().envelopes_out;
+        assert!(handle.publish(
+            &format!("{published}"),
+            &Target::Broadcast,
+            ContentKind::Binary,
+            &payload,
+            0
+        ));
+        published += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        a.metrics.snapshot().envelopes_out > before
+    });
+    wait_until("b accounts for every envelope", || {
+        b.count() as u64 + b.metrics.snapshot().lost == published
+    });
+    let (sa, sb) = (a.metrics.snapshot(), b.metrics.snapshot());
+    assert_eq!(sb.lost, sa.drops(DropReason::PubBacklog));
+    assert_eq!(
+        sa.envelopes_out + sa.drops(DropReason::PubBacklog),
+        published
+    );
+    assert!(
+        sa.bytes_out >= MESH_PUB_BACKLOG_BYTES_MAX as u64,
+        "{sa:?} {sb:?} published {published}"
+    );
+}
+
+/// Throughput and hop latency, one mesh to another on loopback.
+/// `cargo test --release --lib mesh::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_relay_throughput_and_latency() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let metrics_b = Arc::new(MeshMetrics::new());
+    let b = start(
+        "b",
+        &ClusterConfig {
+            node_id: "b".into(),
+            mesh_listen: addr(pb),
+            mesh_peers: vec![addr(pa)],
+        },
+        None,
+        Box::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }),
+        metrics_b.clone(),
+    )
+    .unwrap()
+    .unwrap();
+    wait_until("b connected", || metrics_b.peer_up(&addr(pa)) == Some(true));
+    settle();
+
+    let target = Target::User("user-42".into());
+    let payload = Bytes::from_static(&[b'x'; 100]);
+    let handle = a.handle();
+
+    // Throughput: as fast as the publisher can go while at most WINDOW
+    // envelopes are on their way (well under the PUB backlog cap, so this is
+    // the rate the pair sustains with no loss).
+    const N: u64 = 2_000_000;
+    const WINDOW: u64 = 100_000;
+    let t0 = Instant::now();
+    for i in 0..N {
+        while i - received.load(Ordering::Relaxed) >= WINDOW
+            || handle.queued() >= MESH_CHANNEL_CAPACITY
+        {
+            std::thread::yield_now();
+        }
+        handle.publish(
+            &format!("t{i}"),
+            &target,
+            ContentKind::Binary,
+            &payload,
+            unix_micros(),
+        );
+    }
+    wait_until("all received", || received.load(Ordering::Relaxed) >= N);
+    let elapsed = t0.elapsed();
+    let (sa, sb) = (a.metrics.snapshot(), metrics_b.snapshot());
+    println!(
+        "throughput: {N} envelopes (100-byte payload, user target) relayed in {:.3} s = {:.0} envelopes/s, \
+         {:.1} MB/s of batches; {:.1} envelopes per batch; lost {}, drops at a {:?}",
+        elapsed.as_secs_f64(),
+        N as f64 / elapsed.as_secs_f64(),
+        sb.bytes_in as f64 / elapsed.as_secs_f64() / 1e6,
+        sa.envelopes_out as f64 / sa.batches_out.max(1) as f64,
+        sb.lost,
+        sa.drops,
+    );
+
+    // Hop latency at a fixed rate: RATE/1000 envelopes every millisecond
+    // (created_at is taken at publish, so the tick does not count).
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 5;
+    const PER_TICK: u64 = RATE / 1_000;
+    std::thread::sleep(Duration::from_millis(200));
+    metrics_b.reset_hop_latency();
+    let before = received.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    for tick in 0..SECONDS * 1_000 {
+        let due = t0 + Duration::from_millis(tick);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        for j in 0..PER_TICK {
+            let i = tick * PER_TICK + j;
+            handle.publish(
+                &format!("l{i}"),
+                &target,
+                ContentKind::Binary,
+                &payload,
+                unix_micros(),
+            );
+        }
+    }
+    wait_until("rate phase received", || {
+        received.load(Ordering::Relaxed) + metrics_b.snapshot().lost >= before + RATE * SECONDS
+    });
+    println!(
+        "hop latency at {RATE}/s ({PER_TICK} per ms) for {SECONDS} s: p50 {} us, p90 {} us, p99 {} us, \
+         p99.9 {} us, max {} us; lost {}",
+        metrics_b.hop_latency_quantile_us(0.5),
+        metrics_b.hop_latency_quantile_us(0.9),
+        metrics_b.hop_latency_quantile_us(0.99),
+        metrics_b.hop_latency_quantile_us(0.999),
+        metrics_b.hop_latency_quantile_us(1.0),
+        metrics_b.snapshot().lost,
+    );
+    b.shutdown();
+}
+
+/// Reproduces a hazard of zeromq 0.7 (not of this module): after a valid
+/// 64-byte greeting, a frame header announcing a huge length makes the
+/// crate's decoder reserve that many bytes at once, and the allocation
+/// failure aborts the whole process (measured: "memory allocation of
+/// 35184372154441 bytes failed", SIGABRT). Anyone who can reach the mesh
+/// port can stop a node with 73 bytes. It passes once the crate caps frame
+/// lengths. Guarded by an environment variable so `--ignored` runs of the
+/// suite are not killed by it:
+/// `CORECAST_REPRO_ZMQ_ABORT=1 cargo test --lib mesh::tests::zmtp_huge_frame_length -- --ignored --exact`
+#[test]
+#[ignore]
+fn zmtp_huge_frame_length() {
+    if std::env::var_os("CORECAST_REPRO_ZMQ_ABORT").is_none() {
+        return;
+    }
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start("a", pa, &[addr(pb)]);
+    let mut evil = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    let mut bytes = zmtp_sub_hello()[..64].to_vec();
+    bytes.push(0x02); // long data frame
+    bytes.extend_from_slice(&(1u64 << 45).to_be_bytes());
+    evil.write_all(&bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Still alive: the mesh works.
+    assert!(a.publish("alive", Target::Broadcast));
+    drop(evil);
+}
