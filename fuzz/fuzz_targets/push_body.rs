@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
 fn serde_json_check(payload: &[u8]) {
     // The payload is a slice of a body that parsed as JSON: it must parse
     // alone too (it is spliced verbatim into the frame sent to clients).
-    serde_json::from_slice::<serde_json::Value>(payload)
+    // RawValue checks the syntax only: numbers beyond f64 are valid JSON.
+    serde_json::from_slice::<&serde_json::value::RawValue>(payload)
         .expect("a JSON payload is JSON on its own");
 }

@@ -47,6 +47,13 @@ pub fn parse_content(media: &str, body: Bytes, batch: bool) -> Result<Content, B
     };
     match media {
         "application/json" => {
+            // serde would also read the struct from a JSON array
+            // (`[data, uids]`): only an object is the documented shape.
+            if body.trim_ascii_start().first() != Some(&b'{') {
+                return Err(BodyError::BadRequest(
+                    "body must be a JSON object {\"data\":...}".into(),
+                ));
+            }
             let parsed: DataBody = serde_json::from_slice(&body)
                 .map_err(|e| BodyError::BadRequest(format!("body is not valid JSON: {e}")))?;
             let data = parsed
@@ -86,6 +93,18 @@ pub fn parse_content(media: &str, body: Bytes, batch: bool) -> Result<Content, B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_bodies_must_be_objects() {
+        let body = Bytes::from_static(b"\t\t[555555555555555777e2525, 1]");
+        assert!(matches!(
+            parse_content("application/json", body, false),
+            Err(BodyError::BadRequest(_))
+        ));
+        let big = Bytes::from_static(b"{\"data\": 1e999999}");
+        let content = parse_content("application/json", big, false).unwrap();
+        assert_eq!(&content.payload[..], b"1e999999");
+    }
 
     #[test]
     fn kinds() {
