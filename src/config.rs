@@ -253,6 +253,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "limits.max_channels_per_user",
     ),
     ("CORECAST_FREE_JOIN", "ws.free_join"),
+    ("CORECAST_MAX_ROOMS_PER_USER", "limits.max_rooms_per_user"),
+    (
+        "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
+        "limits.client_messages_per_sec_max",
+    ),
 ];
 
 fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
@@ -333,6 +338,12 @@ impl Config {
                     self.limits.max_channels_per_user = parse_env(name, &value)?
                 }
                 "CORECAST_FREE_JOIN" => self.ws.free_join = parse_env(name, &value)?,
+                "CORECAST_MAX_ROOMS_PER_USER" => {
+                    self.limits.max_rooms_per_user = parse_env(name, &value)?
+                }
+                "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
+                    self.limits.client_messages_per_sec_max = parse_env(name, &value)?
+                }
                 _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
