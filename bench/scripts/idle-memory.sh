@@ -21,6 +21,7 @@ NODE_BIN="$ROOT/target/release/corecast"
 BENCH="$ROOT/target/release/corecast-bench"
 [ -x "$NODE_BIN" ] && [ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release --workspace)
 ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT"
 SECRET="idle-bench-$RANDOM$RANDOM"
 
 CORECAST_CORES="$CORES" CORECAST_WS_LISTEN="127.0.0.1:$PORT" \
@@ -28,10 +29,15 @@ CORECAST_HTTP_LISTEN="127.0.0.1:$((PORT + 1))" CORECAST_JWT_SECRET="$SECRET" \
 CORECAST_API_KEYS="idle-bench-key" "$NODE_BIN" >"$OUT/node.log" 2>&1 &
 NODE=$!
 trap 'kill "$NODE" 2>/dev/null || true; wait "$NODE" 2>/dev/null || true' EXIT
+ready=0
 for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$((PORT + 1))/readyz" >/dev/null && break
+    if curl -sf "http://127.0.0.1:$((PORT + 1))/readyz" >/dev/null; then ready=1; break; fi
     sleep 0.1
 done
+if [ "$ready" != 1 ]; then
+    echo "node did not become ready; see $OUT/node.log" >&2
+    exit 1
+fi
 "$BENCH" idle --ws "ws://127.0.0.1:$PORT" --jwt-secret "$SECRET" --n "$WARMUP" \
     --out "$OUT/warmup" --server-pid "$NODE" >/dev/null
 sleep 2
