@@ -43,6 +43,11 @@ use crate::ws::message::MessageError;
 /// kernel's accept queue (a permit is taken before accept).
 pub const HANDSHAKES_IN_FLIGHT_PER_CORE: u64 = 512;
 
+/// Ended connections (at least; or half the live ones) after which the
+/// heartbeat wheel drops their entries: bounds the memory that ended
+/// connections keep until their slot comes round.
+const WHEEL_COMPACT_ENDINGS_MIN: usize = 1024;
+
 /// How often each core looks at the node's drain flag.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -139,6 +144,8 @@ pub struct Core {
     draining: Cell<bool>,
     /// Handshakes and disconnects since the last memory trim.
     churn: Cell<u32>,
+    /// Connections ended since the heartbeat wheel was last compacted.
+    ended_since_compaction: Cell<usize>,
 }
 
 fn unix_millis() -> u64 {
@@ -221,6 +228,14 @@ impl Core {
     pub fn connection_ended(&self, channel: &Channel, reason: DisconnectReason) {
         self.churn.set(self.churn.get().saturating_add(1));
         self.shard.borrow_mut().remove(channel);
+        let ended = self.ended_since_compaction.get() + 1;
+        let live = self.shard.borrow().connections();
+        if ended >= WHEEL_COMPACT_ENDINGS_MIN.max(live / 2) {
+            self.wheel.borrow_mut().drop_ended();
+            self.ended_since_compaction.set(0);
+        } else {
+            self.ended_since_compaction.set(ended);
+        }
         self.metrics.disconnect(reason);
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
         self.refresh_gauges();
@@ -664,6 +679,7 @@ pub async fn run(
         ping_frame: frame::encode(OpCode::Control(Control::Ping), b""),
         draining: Cell::new(false),
         churn: Cell::new(0),
+        ended_since_compaction: Cell::new(0),
     });
 
     for (_, receiver) in receivers.streams() {

@@ -104,6 +104,19 @@ impl Wheel {
         report
     }
 
+    /// Drops the entries of connections that have ended. A wheel entry is a
+    /// weak reference, which keeps the ended connection's allocation alive
+    /// until its slot comes round (up to a ping interval later); under
+    /// churn that adds up, so the core compacts after enough endings.
+    pub fn drop_ended(&mut self) {
+        for slot in &mut self.slots {
+            slot.retain(|weak| weak.strong_count() > 0);
+            if slot.is_empty() {
+                *slot = Vec::new();
+            }
+        }
+    }
+
     /// Entries held (live or stale), for tests and leak checks.
     pub fn len(&self) -> usize {
         self.slots.iter().map(Vec::len).sum()
@@ -178,6 +191,20 @@ mod tests {
             run(&mut wheel, t, t);
         }
         assert!(c.is_open());
+    }
+
+    #[test]
+    fn ended_channels_are_compacted_away() {
+        let mut wheel = Wheel::default();
+        let (kept, _a, _b) = channel(0);
+        wheel.schedule(&kept, 0, 10);
+        for _ in 0..100 {
+            let (ended, _c, _d) = channel(0);
+            wheel.schedule(&ended, 0, 10);
+        }
+        assert_eq!(wheel.len(), 101);
+        wheel.drop_ended();
+        assert_eq!(wheel.len(), 1);
     }
 
     #[test]
