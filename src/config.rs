@@ -63,6 +63,12 @@ pub struct NodeConfig {
     pub first_cpu: usize,
     /// glommio `io_memory` per executor, in KiB (io_uring registered buffers).
     pub io_memory_kib: usize,
+    /// io_uring submission queue entries per ring. The kernel sizes its
+    /// cancel hash table from the ring (8 buckets at glommio's default 128,
+    /// 256 from 4096 up), and every executor wake-up cancels a request by
+    /// scanning one bucket, which holds a share of every idle connection's
+    /// pending poll: a deep ring keeps that scan short.
+    pub ring_depth: usize,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +77,7 @@ impl Default for NodeConfig {
             cores: 0,
             first_cpu: 0,
             io_memory_kib: 512,
+            ring_depth: 4096,
         }
     }
 }

@@ -256,6 +256,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("corecast-core-{id}"))
             .io_memory(config.node.io_memory_kib * 1024)
+            .ring_depth(config.node.ring_depth)
             .spawn(move || async move {
                 let _alive = AliveGuard(alive);
                 crate::core::run(id, node, channel_mesh, foreign, ready).await

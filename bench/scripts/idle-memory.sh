@@ -39,7 +39,7 @@ if [ "$ready" != 1 ]; then
     exit 1
 fi
 "$BENCH" idle --ws "ws://127.0.0.1:$PORT" --jwt-secret "$SECRET" --n "$WARMUP" \
-    --out "$OUT/warmup" --server-pid "$NODE" >/dev/null
+    --out "$OUT/warmup" --server-pid "$NODE" >/dev/null 2>&1
 sleep 2
 "$BENCH" idle --ws "ws://127.0.0.1:$PORT" --jwt-secret "$SECRET" --n "$N" \
     --out "$OUT/idle" --server-pid "$NODE" | grep -E "connected|server RSS"
