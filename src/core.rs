@@ -48,9 +48,6 @@ pub const HANDSHAKES_IN_FLIGHT_PER_CORE: u64 = 512;
 /// connections keep until their slot comes round.
 const WHEEL_COMPACT_ENDINGS_MIN: usize = 1024;
 
-/// How often each core looks at the node's drain flag.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
-
 /// A reply channel for a question asked of another core.
 pub type Reply<T> = async_channel::Sender<T>;
 
@@ -98,6 +95,9 @@ pub struct Node {
     /// `max_connections` at the handshake.
     pub connections: AtomicUsize,
     pub draining: AtomicBool,
+    /// Closed (never sent on) when the node starts draining: wakes every
+    /// core at once with no polling.
+    pub drain_signal: async_channel::Receiver<()>,
     pub core_metrics: Vec<Arc<CoreMetrics>>,
     pub mesh: Option<MeshHandle>,
     pub mesh_metrics: Arc<crate::mesh::MeshMetrics>,
@@ -710,9 +710,8 @@ pub async fn run(
     let http_task = glommio::spawn_local(crate::http::serve(core.clone(), http_listener));
     let _ = ready.send(id);
 
-    while !core.node.draining.load(Ordering::Relaxed) {
-        glommio::timer::sleep(DRAIN_POLL).await;
-    }
+    // Err once the node closes the signal; nothing is ever sent on it.
+    let _ = core.node.drain_signal.recv().await;
     core.draining.set(true);
     ws_task.cancel().await;
     core.drain().await;

@@ -184,6 +184,7 @@ struct Running {
     node: Arc<Node>,
     alive: Arc<AtomicUsize>,
     cores: usize,
+    drain_trigger: async_channel::Sender<()>,
 }
 
 /// Counts a running executor; dropped when it ends, panics included.
@@ -228,6 +229,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         .unzip();
     let mesh_metrics = crate::mesh::new_metrics();
     let mesh = start_mesh(&config, foreign_tx, mesh_metrics.clone())?;
+    let (drain_trigger, drain_signal) = async_channel::bounded::<()>(1);
     let node = Arc::new(Node {
         node_id: config.cluster.node_id.clone(),
         tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),
@@ -235,6 +237,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         ids: IdGenerator::new(),
         connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        drain_signal,
         core_metrics,
         mesh,
         mesh_metrics,
@@ -285,6 +288,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
             node,
             alive: running_cores,
             cores,
+            drain_trigger,
         },
         &signals,
     )
@@ -296,6 +300,7 @@ fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> 
         node,
         alive,
         cores,
+        drain_trigger,
     } = running;
     loop {
         let timeout = libc::timespec {
@@ -315,6 +320,7 @@ fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> 
         }
     }
     node.draining.store(true, Ordering::SeqCst);
+    drain_trigger.close();
     for executor in executors {
         let _ = executor.join();
     }
