@@ -85,23 +85,44 @@ pub fn encode_push(id: &str, room: Option<&str>, kind: ContentKind, payload: &[u
     if kind == ContentKind::Binary {
         return encode(OpCode::Data(Data::Binary), payload);
     }
-    let mut json = Vec::with_capacity(payload.len() + id.len() + 64);
-    json.extend_from_slice(br#"{"type":"push","id":"#);
+    // The JSON is written once, after room for the largest server header;
+    // the header is then put right before it and the unused room sliced
+    // off, so the frame costs one allocation and no copy of the payload.
+    const HEADROOM: usize = 10;
+    let mut out = BytesMut::with_capacity(HEADROOM + payload.len() + id.len() + 64);
+    out.put_bytes(0, HEADROOM);
+    let mut json = out.writer();
+    json.get_mut().put_slice(br#"{"type":"push","id":"#);
     write_json_string(&mut json, id);
     if let Some(room) = room {
-        json.extend_from_slice(br#","room":"#);
+        json.get_mut().put_slice(br#","room":"#);
         write_json_string(&mut json, room);
     }
-    json.extend_from_slice(br#","data":"#);
+    json.get_mut().put_slice(br#","data":"#);
     match kind {
-        ContentKind::Json => json.extend_from_slice(payload),
+        ContentKind::Json => json.get_mut().put_slice(payload),
         ContentKind::Text => {
             write_json_string(&mut json, std::str::from_utf8(payload).unwrap_or_default())
         }
         ContentKind::Binary => unreachable!("handled above"),
     }
-    json.push(b'}');
-    encode(OpCode::Data(Data::Text), &json)
+    json.get_mut().put_u8(b'}');
+    let mut out = json.into_inner();
+    let body_len = out.len() - HEADROOM;
+    let mut header = [0u8; HEADROOM];
+    let header_len = {
+        let mut cursor = std::io::Cursor::new(&mut header[..]);
+        FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        }
+        .format(body_len as u64, &mut cursor)
+        .expect("a server frame header fits in 10 bytes");
+        cursor.position() as usize
+    };
+    let start = HEADROOM - header_len;
+    out[start..HEADROOM].copy_from_slice(&header[..header_len]);
+    out.freeze().slice(start..)
 }
 
 /// Encodes a small JSON control message for one client (errors, acks).
@@ -109,7 +130,7 @@ pub fn encode_text(text: &str) -> Bytes {
     encode(OpCode::Data(Data::Text), text.as_bytes())
 }
 
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
+fn write_json_string(out: &mut impl std::io::Write, s: &str) {
     serde_json::to_writer(out, s).expect("writing a JSON string to memory cannot fail");
 }
 
@@ -260,6 +281,21 @@ mod tests {
         assert_eq!(value["data"], "he said \"hi\"\n");
         assert_eq!(value["id"], "m\"2");
         assert!(value.get("room").is_none());
+    }
+
+    #[test]
+    fn push_header_fits_every_length() {
+        for len in [0usize, 100, 125, 126, 1_000, 65_535, 65_536, 200_000] {
+            let data = format!("\"{}\"", "x".repeat(len));
+            let frame = encode_push("id", None, ContentKind::Json, data.as_bytes());
+            let mut cursor = Cursor::new(&frame[..]);
+            let (header, body_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(cursor.position() as usize + body_len as usize, frame.len());
+            let value: serde_json::Value =
+                serde_json::from_slice(&frame[cursor.position() as usize..]).unwrap();
+            assert_eq!(value["data"].as_str().unwrap().len(), len);
+        }
     }
 
     #[test]
