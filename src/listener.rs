@@ -3,7 +3,7 @@
 //! `TcpListener::bind` hard-codes 1024), then hands it to glommio.
 
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use glommio::net::TcpListener;
 use nix::sys::socket::{
@@ -11,9 +11,9 @@ use nix::sys::socket::{
     setsockopt, socket, sockopt,
 };
 
-/// Binds `addr` with `SO_REUSEPORT` and `TCP_NODELAY` (inherited by
-/// accepted sockets) and starts listening with `backlog`.
-pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// A TCP socket bound to `addr` in its `SO_REUSEPORT` group, not yet
+/// listening.
+pub fn reuseport_socket(addr: SocketAddr) -> nix::Result<OwnedFd> {
     let family = if addr.is_ipv6() {
         AddressFamily::Inet6
     } else {
@@ -28,10 +28,14 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpList
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
     setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(fd)
+}
+
+/// Binds `addr` with `SO_REUSEPORT` and `TCP_NODELAY` (inherited by
+/// accepted sockets) and starts listening with `backlog`.
+pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let fd = reuseport_socket(addr)?;
     let backlog = Backlog::new(backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
     listen(&fd, backlog)?;
     // SAFETY: `fd` is a bound, listening TCP socket we own; glommio takes it.

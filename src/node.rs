@@ -15,10 +15,7 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, getsockname,
-    setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{SockaddrStorage, getsockname};
 
 use crate::auth::{ApiKeys, TokenKeys};
 use crate::config::Config;
@@ -57,24 +54,7 @@ fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<OwnedFd>), Start
         addr,
         source: e.into(),
     };
-    let family = if addr.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::Tcp,
-    )
-    .map_err(fail)?;
-    setsockopt(&fd, sockopt::ReusePort, &true).map_err(fail)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )
-    .map_err(fail)?;
+    let fd = crate::listener::reuseport_socket(addr).map_err(fail)?;
     let bound: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(fail)?;
     let port = bound
         .as_sockaddr_in()
@@ -122,27 +102,16 @@ fn start_mesh(
                 bridge_metrics.dropped(MeshDrop::DeliverFull, 1);
             }
         };
+        let join = matches!(received.target, Target::RoomJoin { .. });
         match received.target {
-            Target::RoomJoin { room, uid } => {
+            Target::RoomJoin { room, uid } | Target::RoomLeave { room, uid } => {
                 let home = home_core(&uid, cores);
                 offer(
                     home,
                     CoreMsg::Membership {
                         room,
                         uid,
-                        join: true,
-                        reply: None,
-                    },
-                );
-            }
-            Target::RoomLeave { room, uid } => {
-                let home = home_core(&uid, cores);
-                offer(
-                    home,
-                    CoreMsg::Membership {
-                        room,
-                        uid,
-                        join: false,
+                        join,
                         reply: None,
                     },
                 );
