@@ -169,6 +169,9 @@ pub struct LimitsConfig {
     pub send_queue_bytes_max: usize,
     /// Concurrent HTTP connections per executor on the push API.
     pub http_connections_per_core_max: usize,
+    /// An HTTP connection that starts no request for this long is closed
+    /// (slow or idle clients cannot pin the push API's connection slots).
+    pub http_idle_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -185,6 +188,7 @@ impl Default for LimitsConfig {
             send_queue_frames_max: 256,
             send_queue_bytes_max: 1024 * 1024,
             http_connections_per_core_max: 1024,
+            http_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -261,6 +265,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("CORECAST_FREE_JOIN", "ws.free_join"),
     ("CORECAST_MAX_ROOMS_PER_USER", "limits.max_rooms_per_user"),
+    (
+        "CORECAST_HTTP_IDLE_TIMEOUT_MS",
+        "limits.http_idle_timeout_ms",
+    ),
     (
         "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
         "limits.client_messages_per_sec_max",
@@ -345,6 +353,9 @@ impl Config {
                     self.limits.max_channels_per_user = parse_env(name, &value)?
                 }
                 "CORECAST_FREE_JOIN" => self.ws.free_join = parse_env(name, &value)?,
+                "CORECAST_HTTP_IDLE_TIMEOUT_MS" => {
+                    self.limits.http_idle_timeout_ms = parse_env(name, &value)?
+                }
                 "CORECAST_MAX_ROOMS_PER_USER" => {
                     self.limits.max_rooms_per_user = parse_env(name, &value)?
                 }
@@ -405,6 +416,9 @@ impl Config {
                 "limits.send_queue_bytes_max",
                 "must hold at least one push of push_body_bytes_max, with frames_max >= 1",
             ));
+        }
+        if l.http_idle_timeout_ms == 0 {
+            return Err(invalid("limits.http_idle_timeout_ms", "must be > 0"));
         }
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));

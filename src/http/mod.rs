@@ -5,10 +5,12 @@
 pub mod api;
 pub mod body;
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
@@ -80,20 +82,36 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
             Err(e) => {
                 eprintln!("corecast: core {}: HTTP accept failed: {e}", core.id);
                 drop(permit);
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let core = core.clone();
         glommio::spawn_local(async move {
+            let idle = Duration::from_millis(core.config.limits.http_idle_timeout_ms);
+            let last_request = Rc::new(Cell::new(Instant::now()));
+            let seen = last_request.clone();
             let service = service_fn(move |req| {
                 let core = core.clone();
+                seen.set(Instant::now());
                 async move { Ok::<_, std::convert::Infallible>(api::handle(core, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let serve = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(HTTP_HEAD_BYTES_MAX)
-                .serve_connection(HyperStream(stream), service)
-                .await;
+                .serve_connection(HyperStream(stream), service);
+            // hyper's own header timeout needs a Send timer, which glommio's
+            // is not: a watchdog ends a connection that has not started a
+            // request for `idle` (a slowloris client, a forgotten keep-alive).
+            let watchdog = async {
+                loop {
+                    let due = last_request.get() + idle;
+                    if Instant::now() >= due {
+                        return;
+                    }
+                    glommio::timer::sleep(due - Instant::now()).await;
+                }
+            };
+            futures_lite::future::or(async { drop(serve.await) }, watchdog).await;
             drop(permit);
         })
         .detach();
