@@ -41,6 +41,10 @@ pub struct Connection {
     stream: TcpStream,
     partial: Option<Box<Partial>>,
     write_shut: bool,
+    /// The client broke the protocol: the input can no longer be framed,
+    /// so the connection is failed (RFC 6455 section 7.1.7) as soon as the
+    /// close frame is out, without waiting for the client's close.
+    failed: bool,
 }
 
 impl Connection {
@@ -51,6 +55,7 @@ impl Connection {
             stream,
             partial: None,
             write_shut: false,
+            failed: false,
         }
     }
 
@@ -133,7 +138,24 @@ impl Connection {
             self.core.metrics.refused(Limit::ClientMessageBytes);
         }
         self.partial = None;
+        self.failed = true;
         self.channel.close(reason, self.core.tick(), false);
+    }
+
+    /// Reads and discards what the client has already sent, so that closing
+    /// the socket sends a FIN after the close frame rather than a reset.
+    fn discard_pending_input(&self) {
+        let mut buf = self.core.pool.take();
+        while let Ok(n) = nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.core.pool.put(buf);
     }
 
     fn on_frame(
@@ -280,6 +302,11 @@ impl Future for Connection {
                         nix::sys::socket::Shutdown::Write,
                     );
                     this.write_shut = true;
+                    if this.failed {
+                        this.discard_pending_input();
+                        this.channel.kill(DisconnectReason::ProtocolError);
+                        return Poll::Ready(());
+                    }
                     this.core.watch_closing(&this.channel);
                 }
                 _ => {}
