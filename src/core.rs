@@ -417,14 +417,14 @@ impl Core {
     /// Delivers to the cores holding recipients and sums what they did.
     pub async fn fan_out(self: &Rc<Self>, push: Arc<Push>, target: Target) -> u32 {
         let routes = route(&target, self.cores);
-        let (tx, rx) = async_channel::bounded(routes.len().max(1));
-        let mut expected = 0;
+        let remote = routes.iter().filter(|(core, _)| *core != self.id).count();
+        // A reply channel only when another core is involved.
+        let replies = (remote > 0).then(|| async_channel::bounded(remote));
         let mut local = 0;
         for (core, part) in routes {
             if core == self.id {
                 local += self.deliver_local(&push, &part);
-            } else {
-                expected += 1;
+            } else if let Some((tx, _)) = &replies {
                 let msg = CoreMsg::Deliver {
                     push: push.clone(),
                     target: part,
@@ -433,11 +433,13 @@ impl Core {
                 self.send_to(core, msg).await;
             }
         }
-        drop(tx);
-        for _ in 0..expected {
-            match rx.recv().await {
-                Ok(n) => local += n,
-                Err(_) => break,
+        if let Some((tx, rx)) = replies {
+            drop(tx);
+            for _ in 0..remote {
+                match rx.recv().await {
+                    Ok(n) => local += n,
+                    Err(_) => break,
+                }
             }
         }
         local
