@@ -90,7 +90,8 @@ pub struct Node {
     pub node_id: String,
     pub tokens: TokenKeys,
     pub api_keys: ApiKeys,
-    pub ids: IdGenerator,
+    /// Per-process prefix of message ids (see [`IdGenerator`]).
+    pub id_prefix: String,
     /// Open (or handing-off) WebSocket connections, checked against
     /// `max_connections` at the handshake.
     pub connections: AtomicUsize,
@@ -133,6 +134,8 @@ pub struct Core {
     pub config: Arc<Config>,
     pub metrics: Arc<CoreMetrics>,
     pub pool: BufferPool,
+    /// Message ids for pushes accepted on this core.
+    pub ids: IdGenerator,
     shard: RefCell<Shard>,
     wheel: RefCell<Wheel>,
     latency: RefCell<Histogram<u64>>,
@@ -461,7 +464,7 @@ impl Core {
                 }
             };
             mesh.publish(
-                &self.node.ids.next_id(),
+                &self.ids.next_id(),
                 &target,
                 crate::push::ContentKind::Json,
                 &Bytes::new(),
@@ -664,6 +667,7 @@ pub async fn run(
     let (senders, mut receivers): (Senders<CoreMsg>, Receivers<CoreMsg>) =
         mesh.join().await.expect("channel mesh join");
     let config = node.config.clone();
+    let ids = IdGenerator::new(&node.id_prefix, id);
     let core = Rc::new(Core {
         id,
         cores,
@@ -671,6 +675,7 @@ pub async fn run(
         config: config.clone(),
         node,
         pool: BufferPool::default(),
+        ids,
         shard: RefCell::default(),
         wheel: RefCell::default(),
         latency: RefCell::new(latency_histogram()),

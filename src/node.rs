@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::core::{CoreMsg, Node};
 use crate::limits::{CORE_CHANNEL_CAPACITY, MESH_CHANNEL_CAPACITY};
 use crate::metrics::CoreMetrics;
-use crate::push::IdGenerator;
+use crate::push::id_prefix;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +203,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         node_id: config.cluster.node_id.clone(),
         tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),
         api_keys: ApiKeys::new(&config.auth.api_keys),
-        ids: IdGenerator::new(),
+        id_prefix: id_prefix(),
         connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         drain_signal,

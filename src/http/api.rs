@@ -173,7 +173,7 @@ async fn dispatch(
             refuse_while_draining(core)?;
             let join = req.method() == Method::POST;
             let (room, uid) = (name(room, "room")?, name(uid, "uid")?);
-            let id = core.node.ids.next_id();
+            let id = core.ids.next_id();
             let affected = core.membership(room, uid, join).await;
             Ok(accepted(&id, affected))
         }
@@ -304,7 +304,7 @@ async fn push(
         }
         (target, _) => target,
     };
-    let id = core.node.ids.next_id();
+    let id = core.ids.next_id();
     let push = Push::new(
         id.clone(),
         &target,
