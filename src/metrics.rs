@@ -169,9 +169,6 @@ impl CoreMetrics {
     pub fn delivered(&self, n: u64) {
         self.deliveries.fetch_add(n, Ordering::Relaxed);
     }
-    pub fn disconnects_of(&self, reason: DisconnectReason) -> u64 {
-        self.disconnects[reason as usize].load(Ordering::Relaxed)
-    }
 }
 
 /// What one core reports at scrape besides its atomics.

@@ -176,11 +176,6 @@ impl MeshMetrics {
         self.count_drop(reason, n);
     }
 
-    /// Envelopes dropped for `reason` so far.
-    pub fn drops_of(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize].load(Ordering::Relaxed)
-    }
-
     /// For the node's deliver closure: a received envelope found a core's
     /// inbox full.
     pub fn count_deliver_full(&self) {

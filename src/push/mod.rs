@@ -32,26 +32,6 @@ pub enum Target {
     RoomLeave { room: String, uid: String },
 }
 
-impl Target {
-    /// The metric label of a push target.
-    pub fn kind_label(&self) -> &'static str {
-        match self {
-            Target::User(_) => "user",
-            Target::Users(_) => "users",
-            Target::Room(_) => "room",
-            Target::Broadcast => "broadcast",
-            Target::RoomJoin { .. } => "room_join",
-            Target::RoomLeave { .. } => "room_leave",
-        }
-    }
-
-    /// Whether this target carries a message (as opposed to a membership
-    /// change).
-    pub fn carries_message(&self) -> bool {
-        !matches!(self, Target::RoomJoin { .. } | Target::RoomLeave { .. })
-    }
-}
-
 /// One message on its way to clients; shared (`Arc`) by every core that
 /// delivers it.
 #[derive(Debug)]

@@ -149,11 +149,6 @@ impl Channel {
         self.state.get() == ChannelState::Open
     }
 
-    /// Bytes waiting in the outbound queue.
-    pub fn queued_bytes(&self) -> usize {
-        self.out.borrow().as_ref().map_or(0, |o| o.bytes)
-    }
-
     /// Remembers the connection task's waker (called on every poll).
     pub fn set_waker(&self, waker: &Waker) {
         let current = self.waker.take();
