@@ -226,21 +226,15 @@ fn deployment() -> &'static Deployment {
         // everything lands under the per-host install roots.
         let inventory_doc = json!({
             "all": {
-                "vars": {
-                    "ansible_connection": "local",
-                    "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                    "ansible_become": false,
-                    "corecast_manage_service": false,
-                    "kernel_tuning_apply": false,
-                    "corecast_firewall_apply": false,
-                    "corecast_binary_src": env!("CARGO_BIN_EXE_corecast"),
-                    "corecast_jwt_secret": JWT_SECRET,
-                    "corecast_api_keys": [API_KEY],
-                    "corecast_cores": 1,
-                    "corecast_ws_address": "127.0.0.1",
-                    "corecast_mesh_address": "127.0.0.1",
-                    "corecast_drain_period_ms": 500,
-                },
+                "vars": local_run_vars(
+                    std::path::Path::new(env!("CARGO_BIN_EXE_corecast")),
+                    json!({
+                        "corecast_cores": 1,
+                        "corecast_ws_address": "127.0.0.1",
+                        "corecast_mesh_address": "127.0.0.1",
+                        "corecast_drain_period_ms": 500,
+                    }),
+                ),
                 "children": {
                     "corecast": { "hosts": node_hosts },
                     "monitoring": { "hosts": { "mon": {
@@ -580,6 +574,27 @@ fn contract_metrics() -> BTreeSet<String> {
 // ---------------------------------------------------------------------------
 // kernel-tuning/
 // ---------------------------------------------------------------------------
+
+/// Inventory vars of a test run of the playbooks plus `extra`: connection
+/// local, no privilege escalation, no systemd, no sysctl, no firewall
+/// applied: everything lands under the per-host install roots.
+fn local_run_vars(binary: &std::path::Path, extra: serde_json::Value) -> serde_json::Value {
+    let mut vars = json!({
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "ansible_become": false,
+        "corecast_manage_service": false,
+        "kernel_tuning_apply": false,
+        "corecast_firewall_apply": false,
+        "corecast_binary_src": binary,
+        "corecast_jwt_secret": JWT_SECRET,
+        "corecast_api_keys": [API_KEY],
+    });
+    if let (Some(vars), Some(extra)) = (vars.as_object_mut(), extra.as_object()) {
+        vars.extend(extra.clone());
+    }
+    vars
+}
 
 #[test]
 fn kernel_tuning_scripts_are_shellcheck_clean() {
@@ -983,18 +998,10 @@ fn mesh_firewall_lists_every_peer_address() {
     standalone["corecast_mesh_enabled"] = json!(false);
     let inventory_doc = json!({
         "all": {
-            "vars": {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                "ansible_become": false,
-                "corecast_manage_service": false,
-                "kernel_tuning_apply": false,
-                "corecast_firewall_apply": false,
-                "corecast_binary_src": binary,
-                "corecast_jwt_secret": JWT_SECRET,
-                "corecast_api_keys": [API_KEY],
-                "corecast_mesh_firewall_allow": ["192.0.2.0/24"],
-            },
+            "vars": local_run_vars(
+                &binary,
+                json!({ "corecast_mesh_firewall_allow": ["192.0.2.0/24"] }),
+            ),
             "children": {
                 "corecast": { "hosts": {
                     "cc-1": host("10.9.0.1", 7401),
