@@ -208,12 +208,17 @@ impl Inbound {
             }
         };
         let origin = batch.origin.as_str();
+        if super::validate::check_origin(origin).is_err() {
+            metrics.count_drop(DropReason::Invalid, batch.envelopes.len() as u64);
+            return Ok(0);
+        }
         if origin == node_id.as_str() {
             metrics.count_drop(DropReason::Own, batch.envelopes.len() as u64);
             return Ok(0);
         }
         let incarnation = batch.incarnation.to_native();
-        let (mut delivered, mut duplicates, mut lost, mut corrupt) = (0u64, 0u64, 0u64, 0u64);
+        let (mut delivered, mut duplicates, mut lost, mut corrupt, mut invalid) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         hops_us.clear();
         for envelope in batch.envelopes.iter() {
             let id = envelope.id.as_str();
@@ -232,14 +237,20 @@ impl Inbound {
                 corrupt += 1;
                 continue;
             };
+            let kind = envelope.kind_owned();
+            let payload = envelope.payload.as_slice();
+            if super::validate::check_envelope(id, &target, kind, payload).is_err() {
+                invalid += 1;
+                continue;
+            }
             let created_at_us = envelope.created_at_us.to_native();
             hops_us.push(now_us.saturating_sub(created_at_us));
             deliver(Received {
                 origin: origin.to_owned(),
                 id: id.to_owned(),
                 target,
-                kind: envelope.kind_owned(),
-                payload: Bytes::copy_from_slice(envelope.payload.as_slice()),
+                kind,
+                payload: Bytes::copy_from_slice(payload),
                 created_at_us,
             });
             delivered += 1;
@@ -250,6 +261,9 @@ impl Inbound {
         }
         if corrupt > 0 {
             metrics.count_drop(DropReason::Corrupt, corrupt);
+        }
+        if invalid > 0 {
+            metrics.count_drop(DropReason::Invalid, invalid);
         }
         if lost > 0 {
             metrics.count_lost(lost);
@@ -388,6 +402,38 @@ mod tests {
         assert_eq!(seqs.observe("b", 1, 1), SeqEvent::InOrder);
         assert_eq!(seqs.observe("c", 1, 1), SeqEvent::Untracked);
         assert_eq!(seqs.observe("a", 1, 3), SeqEvent::Gap(1));
+    }
+
+    #[test]
+    fn invalid_envelopes_and_origins_are_counted_not_delivered() {
+        let (mut inbound, got, metrics) = inbound();
+        let envelope = |seq: u64, target: Target, kind, payload: &'static [u8]| Envelope {
+            seq,
+            id: format!("x-{seq}"),
+            target,
+            kind,
+            payload: Bytes::from_static(payload),
+            created_at_us: 0,
+        };
+        let forged = Batch {
+            origin: "a".into(),
+            incarnation: 1,
+            envelopes: vec![
+                envelope(1, Target::User("a\nb".into()), ContentKind::Text, b"x"),
+                envelope(2, Target::User("ok".into()), ContentKind::Text, &[0xff]),
+                envelope(3, Target::User("ok".into()), ContentKind::Json, b"{oops"),
+                envelope(4, Target::Users(Vec::new()), ContentKind::Text, b"x"),
+                envelope(5, Target::User("ok".into()), ContentKind::Json, b"[1]"),
+            ],
+        };
+        assert_eq!(inbound.handle(&encode(&forged).unwrap(), 0), Ok(1));
+        let long_origin = Batch {
+            origin: "o".repeat(crate::limits::NAME_BYTES_MAX + 1),
+            ..forged
+        };
+        assert_eq!(inbound.handle(&encode(&long_origin).unwrap(), 0), Ok(0));
+        assert_eq!(got.lock().unwrap().len(), 1);
+        assert_eq!(metrics.snapshot().drops(DropReason::Invalid), 4 + 5);
     }
 
     #[test]

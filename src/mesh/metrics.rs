@@ -55,16 +55,20 @@ pub enum DropReason {
     Corrupt,
     /// The node's per-core inbox was full (counted by the deliver closure).
     DeliverFull,
+    /// A valid batch whose origin or envelope the API would refuse (names,
+    /// sizes, UTF-8, JSON: [`super::validate`]).
+    Invalid,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::OutboundFull,
         DropReason::PubBacklog,
         DropReason::Duplicate,
         DropReason::Own,
         DropReason::Corrupt,
         DropReason::DeliverFull,
+        DropReason::Invalid,
     ];
 
     pub fn label(self) -> &'static str {
@@ -75,6 +79,7 @@ impl DropReason {
             DropReason::Own => "own",
             DropReason::Corrupt => "corrupt",
             DropReason::DeliverFull => "deliver_full",
+            DropReason::Invalid => "invalid",
         }
     }
 }
@@ -394,6 +399,7 @@ mod tests {
             "corecast_mesh_drops_total{reason=\"corrupt\"} 0",
             "corecast_mesh_drops_total{reason=\"deliver_full\"} 0",
             "corecast_mesh_drops_total{reason=\"pub_backlog\"} 0",
+            "corecast_mesh_drops_total{reason=\"invalid\"} 0",
             "corecast_mesh_lost_envelopes_total 0",
             "corecast_mesh_peer_up{peer=\"tcp://10.0.0.2:7000\"} 0",
             "corecast_mesh_hop_latency_seconds_sum 0.0",

@@ -14,6 +14,7 @@
 //!   header, checked decoding).
 //! - [`inbound`]: the receive logic with no sockets (unit-tested with bytes).
 //! - [`bridge`]: the thread, the ZeroMQ sockets, batching and reconnects.
+//! - [`validate`]: received envelopes checked like API input.
 //! - [`metrics`]: counters, peer states, hop latency, the Prometheus
 //!   collector.
 //!
@@ -28,6 +29,7 @@ pub mod inbound;
 pub mod metrics;
 #[cfg(test)]
 mod tests;
+pub mod validate;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
