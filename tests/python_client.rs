@@ -19,6 +19,9 @@ asyncio.run(main())
 
 #[test]
 fn python_websockets_receives_a_push() {
+    if !common::require_python_module("websockets", "python3-websockets") {
+        return;
+    }
     let node = Node::start();
     let url = format!("ws://{}/ws?token={}", node.ws, node.token("py", None));
     let mut child = Command::new("/usr/bin/python3")

@@ -436,3 +436,46 @@ impl Client {
         self.ws.get_mut().write_all(bytes).expect("raw write");
     }
 }
+
+/// Whether the outside program `program` (from the Debian package `package`)
+/// can be run; see [`require`].
+pub fn require_program(program: &str, package: &str) -> bool {
+    let found = if program.contains('/') {
+        std::path::Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        })
+    };
+    require(found, program, package)
+}
+
+/// Whether `/usr/bin/python3` can import `module` (from the Debian package
+/// `package`); see [`require`].
+pub fn require_python_module(module: &str, package: &str) -> bool {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {module}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require(found, &format!("python3 module {module}"), package)
+}
+
+/// The one rule for tests that need an outside program: present, true;
+/// absent and `CI` unset, prints which Debian package to install and returns
+/// false so the caller skips; absent and `CI` set, panics, so CI can never
+/// pass by skipping (`.ci/test` installs every listed package).
+pub fn require(found: bool, what: &str, package: &str) -> bool {
+    if found {
+        return true;
+    }
+    let hint = format!(
+        "{what} not found: install the Debian package {package} \
+         (`apt-get install {package}`, or run `.ci/test` as root)"
+    );
+    assert!(std::env::var_os("CI").is_none(), "CI is set: {hint}");
+    eprintln!("SKIPPED: {hint}");
+    false
+}
