@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod history;
 pub mod http;
 pub mod limits;
 pub mod listener;
