@@ -92,14 +92,14 @@ fn start_mesh(
     to_cores: Vec<async_channel::Sender<CoreMsg>>,
     metrics: Arc<crate::mesh::MeshMetrics>,
 ) -> Result<Option<crate::mesh::MeshHandle>, StartError> {
-    use crate::mesh::{MeshDrop, Received};
+    use crate::mesh::{DropReason, Received};
     use crate::push::{Push, Target, home_core, route};
     let bridge_metrics = metrics.clone();
     let cores = to_cores.len();
     let deliver = Box::new(move |received: Received| {
         let offer = |core: usize, msg: CoreMsg| {
             if to_cores[core].try_send(msg).is_err() {
-                bridge_metrics.dropped(MeshDrop::DeliverFull, 1);
+                bridge_metrics.count_drop(DropReason::DeliverFull, 1);
             }
         };
         let join = matches!(received.target, Target::RoomJoin { .. });

@@ -176,17 +176,6 @@ impl MeshMetrics {
         self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Same as [`Self::count_drop`] (the name main's node code uses).
-    pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.count_drop(reason, n);
-    }
-
-    /// For the node's deliver closure: a received envelope found a core's
-    /// inbox full.
-    pub fn count_deliver_full(&self) {
-        self.count_drop(DropReason::DeliverFull, 1);
-    }
-
     pub(crate) fn count_out(&self, envelopes: u64, bytes: u64) {
         self.envelopes_out.fetch_add(envelopes, Ordering::Relaxed);
         self.batches_out.fetch_add(1, Ordering::Relaxed);
@@ -418,7 +407,7 @@ mod tests {
     fn histogram_buckets_are_cumulative() {
         let metrics = Arc::new(MeshMetrics::new());
         metrics.record_hops([40, 90, 900, 2_000_000, 90_000_000]);
-        metrics.count_deliver_full();
+        metrics.count_drop(DropReason::DeliverFull, 1);
         metrics.set_peer_up("p", true);
         let text = scrape(&metrics);
         for line in [

@@ -43,9 +43,6 @@ use crate::push::{ContentKind, Target};
 
 pub use metrics::{DropReason, MeshCollector, MeshMetrics, MeshSnapshot};
 
-/// The name main's node code (commit 61aaab1) uses for [`DropReason`].
-pub use metrics::DropReason as MeshDrop;
-
 /// A fresh metrics set to pass to [`start`] (and to [`collectors`]).
 pub fn new_metrics() -> Arc<MeshMetrics> {
     Arc::new(MeshMetrics::new())
