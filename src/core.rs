@@ -144,7 +144,6 @@ pub struct Core {
     tick: Cell<u32>,
     next_channel_id: Cell<u64>,
     ping_frame: Bytes,
-    draining: Cell<bool>,
     /// Handshakes and disconnects since the last memory trim.
     churn: Cell<u32>,
     /// Connections ended since the heartbeat wheel was last compacted.
@@ -160,11 +159,11 @@ impl Core {
         self.tick.get()
     }
 
-    /// Whether the node drains: this core has begun, or the node-wide flag
-    /// is already set (so that every core refuses handshakes and answers
-    /// `/readyz` 503 from the moment of the signal, not from its next poll).
+    /// Whether the node drains. The node-wide flag is set before the drain
+    /// signal wakes the cores, so every core refuses handshakes and answers
+    /// `/readyz` 503 from the moment of the signal, not from its next poll.
     pub fn is_draining(&self) -> bool {
-        self.draining.get() || self.node.draining.load(Ordering::Relaxed)
+        self.node.draining.load(Ordering::Relaxed)
     }
 
     pub fn queue_caps(&self) -> QueueCaps {
@@ -448,9 +447,15 @@ impl Core {
         local
     }
 
-    /// Server-side join/leave, cluster-wide. Returns local connections
-    /// affected.
-    pub async fn membership(self: &Rc<Self>, room: String, uid: String, join: bool) -> u32 {
+    /// Server-side join/leave, cluster-wide, under the message id `id` (the
+    /// one the API answers with). Returns local connections affected.
+    pub async fn membership(
+        self: &Rc<Self>,
+        id: &str,
+        room: String,
+        uid: String,
+        join: bool,
+    ) -> u32 {
         if let Some(mesh) = &self.node.mesh {
             let target = if join {
                 Target::RoomJoin {
@@ -464,7 +469,7 @@ impl Core {
                 }
             };
             mesh.publish(
-                &self.ids.next_id(),
+                id,
                 &target,
                 crate::push::ContentKind::Json,
                 &Bytes::new(),
@@ -684,7 +689,6 @@ pub async fn run(
         tick: Cell::new(0),
         next_channel_id: Cell::new(1),
         ping_frame: frame::encode(OpCode::Control(Control::Ping), b""),
-        draining: Cell::new(false),
         churn: Cell::new(0),
         ended_since_compaction: Cell::new(0),
     });
@@ -719,7 +723,6 @@ pub async fn run(
 
     // Err once the node closes the signal; nothing is ever sent on it.
     let _ = core.node.drain_signal.recv().await;
-    core.draining.set(true);
     ws_task.cancel().await;
     core.drain().await;
     http_task.cancel().await;

@@ -174,7 +174,7 @@ async fn dispatch(
             let join = req.method() == Method::POST;
             let (room, uid) = (name(room, "room")?, name(uid, "uid")?);
             let id = core.ids.next_id();
-            let affected = core.membership(room, uid, join).await;
+            let affected = core.membership(&id, room, uid, join).await;
             Ok(accepted(&id, affected))
         }
         (Route::PushUser, [_, _, _, uid]) => {
