@@ -70,6 +70,13 @@ fn ids(h: &CoreHistory, r: &Resume) -> Vec<String> {
         .collect()
 }
 
+/// A position that names one origin at `seq`.
+fn at(origin: Origin, seq: u64) -> Position {
+    let mut pos = Position::new();
+    pos.set(origin, seq);
+    pos
+}
+
 #[test]
 fn away_and_back_gets_exactly_what_was_missed_in_origin_order() {
     let mut h = CoreHistory::new(limits());
@@ -138,8 +145,7 @@ fn since_older_than_the_window_is_not_recovered() {
     assert_eq!(ids(&h, &r), ["11-3"], "what it has is still sent");
 
     // From after the evicted entries it is provable again.
-    let mut later = Position::new();
-    later.set(A, 2);
+    let later = at(A, 2);
     let r = ready(h.plan_resume("u", &[], &later));
     assert!(r.recovered);
     assert_eq!(ids(&h, &r), ["11-3"]);
@@ -216,8 +222,7 @@ fn a_break_in_the_prev_chain_makes_older_resumes_unproven() {
         Ok(Arrival::AfterLoss)
     );
     assert!(!ready(h.plan_resume("u", &[], &since)).recovered);
-    let mut after = Position::new();
-    after.set(A, 2);
+    let after = at(A, 2);
     assert!(ready(h.plan_resume("u", &[], &after)).recovered);
 }
 
@@ -231,8 +236,7 @@ fn a_mesh_gap_makes_resumes_across_it_unproven() {
     let r = ready(h.plan_resume("u", &[], &since));
     assert!(!r.recovered);
     assert_eq!(ids(&h, &r), ["11-6"]);
-    let mut after = Position::new();
-    after.set(A, 5);
+    let after = at(A, 5);
     assert!(ready(h.plan_resume("u", &[], &after)).recovered);
 }
 
@@ -255,8 +259,7 @@ fn an_origin_met_late_is_provable_only_from_where_it_was_met() {
     )
     .unwrap();
     assert!(!ready(h.plan_resume("u", &[], &Position::new())).recovered);
-    let mut since = Position::new();
-    since.set(A, 4);
+    let since = at(A, 4);
     let r = ready(h.plan_resume("u", &[], &since));
     assert!(r.recovered);
     assert_eq!(ids(&h, &r), ["11-9"]);
@@ -292,8 +295,7 @@ fn an_unknown_origin_in_since_is_not_recovered_after_the_wait() {
     // The node restarted: its new incarnation does not know the old one.
     let mut h = CoreHistory::new(limits());
     add(&mut h, B, 1, user("u"), 0);
-    let mut since = Position::new();
-    since.set(A, 10);
+    let since = at(A, 10);
     assert_eq!(h.plan_resume("u", &[], &since), ResumePlan::Wait);
     let r = h.plan_resume_now("u", &[], &since);
     assert!(!r.recovered);
@@ -306,8 +308,7 @@ fn an_origin_absent_from_since_counts_from_its_first_seq() {
     let mut h = CoreHistory::new(limits());
     add(&mut h, A, 1, user("u"), 0);
     add(&mut h, B, 1, user("u"), 0);
-    let mut since = Position::new();
-    since.set(A, 1);
+    let since = at(A, 1);
     let r = ready(h.plan_resume("u", &[], &since));
     assert!(r.recovered);
     assert_eq!(ids(&h, &r), ["22-1"]);
@@ -404,8 +405,7 @@ fn eviction_keeps_the_indexes_in_step() {
     }
     h.expire(1_505); // entries at <= 505 ms expire: seq 1..=50
     assert_eq!(h.len(), 50);
-    let mut since = Position::new();
-    since.set(A, 50);
+    let since = at(A, 50);
     let r = ready(h.plan_resume("u", &["r"], &since));
     assert!(r.recovered);
     let seqs: Vec<u64> = r.entries.iter().map(|n| h.entry(*n).unwrap().seq).collect();
