@@ -24,11 +24,14 @@
 //! once, delivered to A's recipients, sent to the other cores holding
 //! recipients, and published once to the cluster.
 
+pub mod accept;
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod executor;
 pub mod history;
 pub mod http;
+pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod mesh;

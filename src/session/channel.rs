@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use futures_lite::AsyncWrite;
-use glommio::net::TcpStream;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
@@ -90,8 +89,6 @@ pub struct Channel {
     state: Cell<ChannelState>,
     pub last_seen_tick: Cell<u32>,
     pub last_ping_tick: Cell<u32>,
-    /// (tick of the current rate window, client messages in it).
-    pub rate_window: Cell<(u32, u32)>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -125,7 +122,6 @@ impl Channel {
             state: Cell::new(ChannelState::Open),
             last_seen_tick: Cell::new(tick),
             last_ping_tick: Cell::new(tick),
-            rate_window: Cell::new((tick, 0)),
         }
     }
 
@@ -293,7 +289,11 @@ impl Channel {
 
     /// Writes queued frames while the socket takes them. `Ready(Ok)` once
     /// the queue is empty.
-    pub fn poll_flush(&self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<io::Result<()>> {
+    pub fn poll_flush<S: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+    ) -> Poll<io::Result<()>> {
         let mut slot = self.out.borrow_mut();
         let Some(out) = slot.as_mut() else {
             return Poll::Ready(Ok(()));
@@ -326,5 +326,184 @@ impl Channel {
     /// Whether the outbound queue is empty.
     pub fn flushed(&self) -> bool {
         self.out.borrow().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A channel over a real socket pair whose send buffer is small, so the
+    //! kernel pushes back after a few frames: Written -> Queued -> Overflow,
+    //! then the slow-consumer close keeps a partly written front frame ahead
+    //! of the close frame and drops the rest of the queue.
+
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    use nix::sys::socket::{setsockopt, sockopt};
+
+    use super::*;
+
+    /// The smallest send buffer we ask for (the kernel doubles it).
+    const SMALL_SNDBUF_BYTES: usize = 4096;
+
+    /// Frame size above half the send buffer (8 KiB once doubled), so
+    /// that a send is split in two chunks: Linux takes the first frame
+    /// whole and the first 4,032 bytes of the second (seen with a Python
+    /// socketpair probe on Linux 6.18), which leaves a started front frame.
+    const FRAME_BYTES: usize = 5000;
+
+    const CAPS: QueueCaps = QueueCaps {
+        frames_max: 4,
+        bytes_max: 1 << 20,
+    };
+
+    /// Frame `i`: `FRAME_BYTES` of one letter, so order shows on the wire.
+    fn frame(i: usize) -> Bytes {
+        Bytes::from(vec![b'a' + (i % 26) as u8; FRAME_BYTES])
+    }
+
+    fn small_pair() -> (UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        setsockopt(&ours, sockopt::SndBuf, &SMALL_SNDBUF_BYTES).expect("SO_SNDBUF");
+        (ours, theirs)
+    }
+
+    fn channel_on(fd: RawFd) -> Channel {
+        Channel::new(1, fd, Rc::from("u"), TokenExtras::default(), 0, 0)
+    }
+
+    /// Sends frames until the queue overflows; returns each outcome.
+    fn fill(channel: &Channel) -> Vec<Sent> {
+        let mut outcomes = Vec::new();
+        for i in 0..64 {
+            let sent = channel.send(&frame(i), CAPS);
+            outcomes.push(sent);
+            if sent == Sent::Overflow {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Flushes the channel's queue to `fd` on a glommio executor, then
+    /// closes our end so that the reader sees EOF.
+    fn flush_and_close(channel: Channel, fd: RawFd) {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async move {
+            // SAFETY: the fd is ours alone from here on.
+            let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+            futures_lite::future::poll_fn(|cx| channel.poll_flush(cx, &mut stream))
+                .await
+                .expect("flush");
+            assert!(channel.flushed(), "no queue is held once flushed");
+        });
+    }
+
+    #[test]
+    fn a_full_socket_queues_then_overflows_at_the_frame_cap() {
+        let (ours, _theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        assert!(
+            written >= 1,
+            "an empty socket takes the first frame: {outcomes:?}"
+        );
+        assert_eq!(
+            outcomes[written..],
+            [
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Overflow
+            ],
+            "queued up to frames_max ({}), then overflow",
+            CAPS.frames_max
+        );
+        assert!(!channel.flushed());
+    }
+
+    #[test]
+    fn the_byte_cap_overflows_before_the_frame_cap() {
+        let (ours, _theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let caps = QueueCaps {
+            frames_max: 100,
+            bytes_max: FRAME_BYTES * 2,
+        };
+        let mut outcomes = Vec::new();
+        for i in 0..64 {
+            let sent = channel.send(&frame(i), caps);
+            outcomes.push(sent);
+            if sent == Sent::Overflow {
+                break;
+            }
+        }
+        let queued = outcomes.iter().filter(|s| **s == Sent::Queued).count();
+        assert!(
+            (1..=2).contains(&queued),
+            "two frames' bytes at most: {outcomes:?}"
+        );
+        assert_eq!(outcomes.last(), Some(&Sent::Overflow));
+    }
+
+    #[test]
+    fn a_slow_consumer_close_keeps_the_started_front_frame_then_1013() {
+        let (ours, mut theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        let front_started = channel
+            .out
+            .borrow()
+            .as_ref()
+            .expect("a queue after overflow")
+            .front_started;
+        assert!(
+            front_started,
+            "the kernel took part of a frame: {outcomes:?}"
+        );
+        channel.close(DisconnectReason::SlowConsumer, 0, true);
+        assert!(!channel.is_open());
+        assert_eq!(
+            channel.send(&frame(99), CAPS),
+            Sent::Dropped,
+            "closing takes no data"
+        );
+        {
+            let out = channel.out.borrow();
+            let out = out.as_ref().expect("the close frame is queued");
+            assert_eq!(out.frames.len(), usize::from(front_started) + 1);
+        }
+
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            theirs.read_to_end(&mut received).expect("read");
+            received
+        });
+        flush_and_close(channel, ours.into_raw_fd());
+        let received = reader.join().expect("reader");
+
+        let mut expected: Vec<u8> = (0..written).flat_map(|i| frame(i).to_vec()).collect();
+        if front_started {
+            // The frame the kernel took part of is finished, whole.
+            expected.extend_from_slice(&frame(written));
+        }
+        let close = frame::close(
+            DisconnectReason::SlowConsumer.close_code(),
+            DisconnectReason::SlowConsumer.text(),
+        );
+        expected.extend_from_slice(&close);
+        assert_eq!(received.len(), expected.len());
+        assert!(
+            received == expected,
+            "whole frames in order, then the close"
+        );
+        assert_eq!(&close[2..4], &1013u16.to_be_bytes(), "close code 1013");
     }
 }
