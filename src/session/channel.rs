@@ -72,6 +72,36 @@ struct Outbound {
     /// The front frame is partly on the wire: it must be finished before
     /// anything else (even a close frame) is written.
     front_started: bool,
+    /// Frames taken off the front since this queue was made: with it, a
+    /// frame's position stays valid as the front is written.
+    popped: u64,
+    /// The position of the one queued pong whose writing has not started.
+    pong: Option<u64>,
+}
+
+impl Outbound {
+    fn new(front: Bytes, front_started: bool) -> Box<Self> {
+        Box::new(Self {
+            bytes: front.len(),
+            frames: VecDeque::from([front]),
+            front_started,
+            popped: 0,
+            pong: None,
+        })
+    }
+
+    /// The index of the queued pong that may still be replaced.
+    fn replaceable_pong(&self) -> Option<usize> {
+        let at = usize::try_from(self.pong?.checked_sub(self.popped)?).ok()?;
+        let started = at == 0 && self.front_started;
+        (at < self.frames.len() && !started).then_some(at)
+    }
+
+    fn pop_front(&mut self) {
+        self.frames.pop_front();
+        self.front_started = false;
+        self.popped += 1;
+    }
 }
 
 /// The shared state of one WebSocket connection.
@@ -187,19 +217,9 @@ impl Channel {
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             ) {
                 Ok(n) if n == bytes.len() => return Sent::Written,
-                Ok(n) => {
-                    *slot = Some(Box::new(Outbound {
-                        frames: VecDeque::from([bytes.slice(n..)]),
-                        bytes: bytes.len() - n,
-                        front_started: true,
-                    }));
-                }
+                Ok(n) => *slot = Some(Outbound::new(bytes.slice(n..), true)),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                    *slot = Some(Box::new(Outbound {
-                        frames: VecDeque::from([bytes.clone()]),
-                        bytes: bytes.len(),
-                        front_started: false,
-                    }));
+                    *slot = Some(Outbound::new(bytes.clone(), false));
                 }
                 Err(_) => {
                     drop(slot);
@@ -238,6 +258,8 @@ impl Channel {
             if let Some(out) = slot.as_mut() {
                 let keep = usize::from(out.front_started);
                 out.frames.truncate(keep);
+                // A kept front is being written; nothing queued is a pong.
+                out.pong = None;
                 out.bytes = out.frames.iter().map(Bytes::len).sum();
                 if out.frames.is_empty() {
                     *slot = None;
@@ -268,11 +290,50 @@ impl Channel {
         self.wake();
     }
 
-    /// Sends a control frame (pong, ping) that must not count as data.
-    pub fn send_pong_or_ping(&self, bytes: &Bytes) {
+    /// Sends the server's ping (the heartbeat wheel's, one per interval).
+    pub fn send_ping(&self, bytes: &Bytes) {
         if self.is_open() {
             self.send_control(bytes);
         }
+    }
+
+    /// Answers a client's ping. At most one pong waits in the queue: a
+    /// newer one replaces it (RFC 6455 section 5.5.3 lets a server answer
+    /// only the latest ping), so pings from a client that does not read
+    /// cannot grow the queue.
+    pub fn send_pong(&self, pong: &Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        let mut slot = self.out.borrow_mut();
+        if let Some(out) = slot.as_mut() {
+            if let Some(at) = out.replaceable_pong() {
+                out.bytes = out.bytes - out.frames[at].len() + pong.len();
+                out.frames[at] = pong.clone();
+            } else {
+                out.pong = Some(out.popped + out.frames.len() as u64);
+                out.frames.push_back(pong.clone());
+                out.bytes += pong.len();
+            }
+            return;
+        }
+        drop(slot);
+        if self.enqueue(pong, None) == Sent::Queued {
+            let mut slot = self.out.borrow_mut();
+            if let Some(out) = slot.as_mut() {
+                // The pong is the queue's only frame, maybe partly written.
+                out.pong = Some(out.popped);
+            }
+        }
+    }
+
+    /// Whether the outbound queue is at or over `caps`: the connection
+    /// stops reading the client until it drains.
+    pub fn over(&self, caps: QueueCaps) -> bool {
+        self.out
+            .borrow()
+            .as_ref()
+            .is_some_and(|out| out.frames.len() >= caps.frames_max || out.bytes >= caps.bytes_max)
     }
 
     /// Ends the connection now (socket error, close grace over).
@@ -308,8 +369,7 @@ impl Channel {
                     let done = front.is_empty();
                     out.bytes -= n;
                     if done {
-                        out.frames.pop_front();
-                        out.front_started = false;
+                        out.pop_front();
                     } else {
                         out.front_started = true;
                     }
@@ -505,5 +565,43 @@ mod tests {
             "whole frames in order, then the close"
         );
         assert_eq!(&close[2..4], &1013u16.to_be_bytes(), "close code 1013");
+    }
+
+    fn pong(payload: &[u8]) -> Bytes {
+        frame::encode(
+            tungstenite::protocol::frame::coding::OpCode::Control(
+                tungstenite::protocol::frame::coding::Control::Pong,
+            ),
+            payload,
+        )
+    }
+
+    #[test]
+    fn at_most_one_pong_waits_and_it_answers_the_latest_ping() {
+        let (ours, mut theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        let queued_bytes = |c: &Channel| c.out.borrow().as_ref().map_or(0, |o| o.bytes);
+        let frames = |c: &Channel| c.out.borrow().as_ref().map_or(0, |o| o.frames.len());
+        let (bytes_before, frames_before) = (queued_bytes(&channel), frames(&channel));
+        for i in 0..10_000u32 {
+            channel.send_pong(&pong(&i.to_be_bytes()));
+        }
+        assert_eq!(frames(&channel), frames_before + 1, "one pong queued, not 10,000");
+        assert_eq!(queued_bytes(&channel), bytes_before + pong(b"1234").len());
+        assert!(channel.over(CAPS), "the queue is at its cap: the task stops reading");
+
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            theirs.read_to_end(&mut received).expect("read");
+            received
+        });
+        flush_and_close(channel, ours.into_raw_fd());
+        let received = reader.join().expect("reader");
+        let last = pong(&9_999u32.to_be_bytes());
+        assert!(received.ends_with(&last), "the pong answers the latest ping");
+        let data_frames = written + CAPS.frames_max;
+        assert_eq!(received.len(), data_frames * FRAME_BYTES + last.len());
     }
 }

@@ -113,7 +113,7 @@ impl Connection {
     /// Carries out one protocol action on the channel and the hub.
     fn apply(&self, action: Action, tick: u32) {
         match action {
-            Action::Pong(pong) => self.channel.send_pong_or_ping(&pong),
+            Action::Pong(pong) => self.channel.send_pong(&pong),
             Action::Join(room) if self.channel.is_open() => {
                 let permitted = self.hub.config.ws.free_join || self.channel.permits(&room);
                 let joined = if permitted {
@@ -198,6 +198,12 @@ impl Future for Connection {
                     this.hub.watch_closing(&this.channel);
                 }
                 _ => {}
+            }
+            if this.channel.over(this.hub.queue_caps()) {
+                // The client does not read what it is sent: read nothing
+                // more from it until the socket takes the queue (the flush
+                // above wakes this task), so it cannot grow the node.
+                return Poll::Pending;
             }
             match this.poll_read_once(cx) {
                 Poll::Ready(true) => return Poll::Ready(()),

@@ -137,7 +137,13 @@ impl Protocol {
                         Ok(Actions::new())
                     };
                     match outcome {
-                        Ok(more) => actions.extend(more),
+                        Ok(more) => {
+                            if more.iter().any(|a| matches!(a, Action::Pong(_))) {
+                                // Only the latest ping of a read is answered.
+                                actions.retain(|a| !matches!(a, Action::Pong(_)));
+                            }
+                            actions.extend(more);
+                        }
                         Err(error) => {
                             self.fail(error, &mut actions);
                             return actions;
@@ -193,10 +199,12 @@ impl Protocol {
         let mut actions = Actions::new();
         match opcode {
             OpCode::Control(Control::Ping) => {
-                actions.push(Action::Pong(frame::encode(
-                    OpCode::Control(Control::Pong),
-                    payload,
-                )));
+                if self.count_message(tick, limits, &mut actions) {
+                    actions.push(Action::Pong(frame::encode(
+                        OpCode::Control(Control::Pong),
+                        payload,
+                    )));
+                }
             }
             OpCode::Control(Control::Pong) => {}
             OpCode::Control(Control::Close) => {
@@ -235,6 +243,32 @@ impl Protocol {
         Ok(actions)
     }
 
+    /// Counts a client message or ping in this tick's rate window; `false`
+    /// when it is over the limit and must be dropped (warned once, closed
+    /// at twice the limit).
+    fn count_message(&mut self, tick: u32, limits: &ProtocolLimits, actions: &mut Actions) -> bool {
+        let limit = limits.messages_per_tick_max;
+        let (window, count) = self.rate_window;
+        let count = if window == tick { count + 1 } else { 1 };
+        self.rate_window = (tick, count);
+        if count > limit.saturating_mul(2) {
+            actions.push(Action::Refused(Limit::ClientMessageRate));
+            actions.push(Action::Close {
+                reason: DisconnectReason::RateLimited,
+                failed: false,
+            });
+            return false;
+        }
+        if count > limit {
+            actions.push(Action::Refused(Limit::ClientMessageRate));
+            if count == limit + 1 {
+                actions.push(Action::Reject(MessageError::RateLimited));
+            }
+            return false;
+        }
+        true
+    }
+
     /// A whole client message: rate-limited, then join/leave or an error.
     fn on_message(
         &mut self,
@@ -247,23 +281,7 @@ impl Protocol {
         if is_text && std::str::from_utf8(body).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
-        let limit = limits.messages_per_tick_max;
-        let (window, count) = self.rate_window;
-        let count = if window == tick { count + 1 } else { 1 };
-        self.rate_window = (tick, count);
-        if count > limit.saturating_mul(2) {
-            actions.push(Action::Refused(Limit::ClientMessageRate));
-            actions.push(Action::Close {
-                reason: DisconnectReason::RateLimited,
-                failed: false,
-            });
-            return Ok(());
-        }
-        if count > limit {
-            actions.push(Action::Refused(Limit::ClientMessageRate));
-            if count == limit + 1 {
-                actions.push(Action::Reject(MessageError::RateLimited));
-            }
+        if !self.count_message(tick, limits, actions) {
             return Ok(());
         }
         if !is_text {
@@ -487,5 +505,45 @@ mod tests {
         bytes.extend(masked(CLOSE, b""));
         bytes.extend(masked(PING, b""));
         assert_eq!(feed(&mut p, &bytes, false), vec![Action::ClientClosed]);
+    }
+
+    #[test]
+    fn only_the_latest_ping_of_a_read_is_answered() {
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(PING, b"1");
+        bytes.extend(masked(PING, b"2"));
+        bytes.extend(masked(PING, b"3"));
+        assert_eq!(
+            feed(&mut p, &bytes, true),
+            vec![Action::Pong(Bytes::from_static(b"\x8a\x013"))]
+        );
+    }
+
+    #[test]
+    fn pings_count_in_the_rate_window_and_a_flood_is_closed() {
+        let mut p = Protocol::new(0);
+        let bytes: Vec<u8> = (0..100).flat_map(|_| masked(PING, b"")).collect();
+        let actions = feed(&mut p, &bytes, true);
+        let pongs = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Pong(_)))
+            .count();
+        assert_eq!(pongs, 1, "one pong for the read: {actions:?}");
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Close {
+                reason: DisconnectReason::RateLimited,
+                failed: false
+            }),
+            "twice the limit of pings in one tick closes"
+        );
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Refused(Limit::ClientMessageRate)))
+                .count(),
+            LIMITS.messages_per_tick_max as usize + 1,
+            "each ping over the limit is counted until the close"
+        );
     }
 }

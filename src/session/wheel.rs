@@ -83,7 +83,7 @@ impl Wheel {
                     }
                     let since_ping = now.wrapping_sub(channel.last_ping_tick.get());
                     if since_ping >= periods.ping_ticks {
-                        channel.send_pong_or_ping(ping);
+                        channel.send_ping(ping);
                         channel.last_ping_tick.set(now);
                         report.pinged += 1;
                     }
