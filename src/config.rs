@@ -156,6 +156,14 @@ pub struct LimitsConfig {
     pub handshake_header_bytes_max: usize,
     /// Time a client has to finish the upgrade request.
     pub handshake_timeout_ms: u64,
+    /// Time a client has to send the request line (`GET /ws?...`), inside
+    /// `handshake_timeout_ms` (the smaller of the two applies): a
+    /// connection that says nothing is let go early.
+    pub handshake_request_line_timeout_ms: u64,
+    /// Handshakes in progress from one source address, node-wide (each
+    /// core takes its share); past it the connection is answered 503 with
+    /// `Retry-After` at once.
+    pub handshakes_per_address_max: usize,
     /// Largest client frame or message (close 1009 past it).
     pub client_message_bytes_max: usize,
     /// Client messages per second before the client gets an error frame; at
@@ -182,6 +190,8 @@ impl Default for LimitsConfig {
             max_rooms_per_user: 64,
             handshake_header_bytes_max: 8 * 1024,
             handshake_timeout_ms: 5_000,
+            handshake_request_line_timeout_ms: 1_000,
+            handshakes_per_address_max: 256,
             client_message_bytes_max: 4 * 1024,
             client_messages_per_sec_max: 20,
             push_body_bytes_max: 64 * 1024,
@@ -273,6 +283,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
         "limits.client_messages_per_sec_max",
     ),
+    (
+        "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS",
+        "limits.handshake_request_line_timeout_ms",
+    ),
+    (
+        "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
+        "limits.handshakes_per_address_max",
+    ),
 ];
 
 fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
@@ -362,6 +380,12 @@ impl Config {
                 "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
                     self.limits.client_messages_per_sec_max = parse_env(name, &value)?
                 }
+                "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
+                    self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
+                    self.limits.handshakes_per_address_max = parse_env(name, &value)?
+                }
                 _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
@@ -422,6 +446,15 @@ impl Config {
         }
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+        }
+        if l.handshake_request_line_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.handshake_request_line_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        if l.handshakes_per_address_max == 0 {
+            return Err(invalid("limits.handshakes_per_address_max", "must be > 0"));
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {

@@ -70,6 +70,8 @@ labelled_enum!(
         RoomsPerUser => "rooms_per_user",
         ClientMessageRate => "client_message_rate",
         SendQueue => "send_queue",
+        HandshakesInFlight => "handshakes_in_flight",
+        HandshakesPerAddress => "handshakes_per_address",
     }
 );
 

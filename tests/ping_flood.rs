@@ -33,7 +33,12 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
 
     let mut attacker = node.connect_small_rcvbuf("attacker", ATTACKER_RCVBUF_BYTES);
     let ping = masked_frame(0x89, b"");
-    let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 10_000).collect();
+    let chunk: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 10_000)
+        .collect();
     let flood = std::thread::spawn(move || {
         let socket = attacker.ws.get_mut();
         socket

@@ -588,9 +588,16 @@ mod tests {
         for i in 0..10_000u32 {
             channel.send_pong(&pong(&i.to_be_bytes()));
         }
-        assert_eq!(frames(&channel), frames_before + 1, "one pong queued, not 10,000");
+        assert_eq!(
+            frames(&channel),
+            frames_before + 1,
+            "one pong queued, not 10,000"
+        );
         assert_eq!(queued_bytes(&channel), bytes_before + pong(b"1234").len());
-        assert!(channel.over(CAPS), "the queue is at its cap: the task stops reading");
+        assert!(
+            channel.over(CAPS),
+            "the queue is at its cap: the task stops reading"
+        );
 
         let reader = std::thread::spawn(move || {
             let mut received = Vec::new();
@@ -600,7 +607,10 @@ mod tests {
         flush_and_close(channel, ours.into_raw_fd());
         let received = reader.join().expect("reader");
         let last = pong(&9_999u32.to_be_bytes());
-        assert!(received.ends_with(&last), "the pong answers the latest ping");
+        assert!(
+            received.ends_with(&last),
+            "the pong answers the latest ping"
+        );
         let data_frames = written + CAPS.frames_max;
         assert_eq!(received.len(), data_frames * FRAME_BYTES + last.len());
     }
