@@ -119,6 +119,9 @@ pub struct Channel {
     state: Cell<ChannelState>,
     pub last_seen_tick: Cell<u32>,
     pub last_ping_tick: Cell<u32>,
+    /// When the connection's token expires, Unix seconds: the heartbeat
+    /// wheel closes it with 4003 then (`u32::MAX`: never).
+    pub expires_at_s: u32,
 }
 
 impl std::fmt::Debug for Channel {
@@ -152,6 +155,7 @@ impl Channel {
             state: Cell::new(ChannelState::Open),
             last_seen_tick: Cell::new(tick),
             last_ping_tick: Cell::new(tick),
+            expires_at_s: u32::MAX,
         }
     }
 

@@ -90,6 +90,10 @@ fn unix_millis() -> u64 {
     crate::push::unix_micros() / 1000
 }
 
+fn unix_seconds() -> u32 {
+    u32::try_from(unix_millis() / 1000).unwrap_or(u32::MAX)
+}
+
 impl Hub {
     pub fn new(core: usize, node: Arc<Node>) -> Self {
         Self {
@@ -172,14 +176,16 @@ impl Hub {
             device: claims.device.map(String::into_boxed_str),
             permitted_rooms: permitted,
         };
-        let channel = Rc::new(Channel::new(
+        let mut channel = Channel::new(
             (id << CHANNEL_ID_CORE_BITS) | self.core as u64,
             fd,
             uid.clone(),
             extras,
             unix_millis(),
             tick,
-        ));
+        );
+        channel.expires_at_s = u32::try_from(claims.exp).unwrap_or(u32::MAX);
+        let channel = Rc::new(channel);
         // The 101 goes out before anything else can be sent to the channel.
         channel.send(
             &Bytes::from(handshake::switching_protocols(accept)),
@@ -196,7 +202,7 @@ impl Hub {
         }
         self.wheel
             .borrow_mut()
-            .schedule(&channel, tick, self.periods().ping_ticks);
+            .add(&channel, tick, self.periods(), unix_seconds());
         self.metrics.handshake(HandshakeOutcome::Ok);
         self.refresh_gauges();
         channel
@@ -301,7 +307,7 @@ impl Hub {
         self.tick.set(tick);
         self.wheel
             .borrow_mut()
-            .tick(tick, self.periods(), &self.ping_frame);
+            .tick(tick, self.periods(), &self.ping_frame, unix_seconds());
         self.release_transient_memory();
     }
 
