@@ -447,6 +447,12 @@ impl Config {
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
         }
+        if !(1..=limits::CLIENT_MESSAGES_PER_SEC_CEILING).contains(&l.client_messages_per_sec_max) {
+            return Err(invalid(
+                "limits.client_messages_per_sec_max",
+                format!("must be 1..={}", limits::CLIENT_MESSAGES_PER_SEC_CEILING),
+            ));
+        }
         if l.handshake_request_line_timeout_ms == 0 {
             return Err(invalid(
                 "limits.handshake_request_line_timeout_ms",

@@ -20,7 +20,7 @@ use crate::node::Slot;
 use crate::session::channel::{Channel, ChannelState, Sent};
 use crate::session::disconnect::DisconnectReason;
 use crate::session::hub::Hub;
-use crate::session::protocol::{Action, Protocol, ProtocolLimits};
+use crate::session::protocol::{Action, AfterClose, Protocol, ProtocolLimits};
 use crate::ws::frame;
 use crate::ws::handshake::HandshakeError;
 use crate::ws::message::MessageError;
@@ -48,7 +48,6 @@ pub fn open(hub: &Rc<Hub>, stream: TcpStream, claims: Claims, accept: &str, slot
         hub: hub.clone(),
         channel,
         stream,
-        write_shut: false,
         _slot: slot,
     };
     glommio::spawn_local(task).detach();
@@ -60,7 +59,6 @@ pub struct Connection {
     channel: Rc<Channel>,
     stream: TcpStream,
     protocol: Protocol,
-    write_shut: bool,
     /// The node's connection slot, released when the task ends.
     _slot: Slot,
 }
@@ -182,20 +180,24 @@ impl Future for Connection {
             }
             match this.channel.state() {
                 ChannelState::Dead(_) => return Poll::Ready(()),
-                ChannelState::Closing { .. } if !this.write_shut && this.channel.flushed() => {
-                    // Close frame is on the wire: send FIN, then wait for the
-                    // client's FIN (or the wheel's grace) before dropping.
-                    let _ = nix::sys::socket::shutdown(
-                        std::os::fd::AsRawFd::as_raw_fd(&this.stream),
-                        nix::sys::socket::Shutdown::Write,
-                    );
-                    this.write_shut = true;
-                    if this.protocol.failed() {
-                        this.discard_pending_input();
-                        this.channel.kill(DisconnectReason::ProtocolError);
-                        return Poll::Ready(());
+                ChannelState::Closing { .. } if this.channel.flushed() => {
+                    match this.protocol.on_close_flushed() {
+                        AfterClose::AlreadyShut => {}
+                        step => {
+                            // The close frame is on the wire: send FIN.
+                            let _ = nix::sys::socket::shutdown(
+                                std::os::fd::AsRawFd::as_raw_fd(&this.stream),
+                                nix::sys::socket::Shutdown::Write,
+                            );
+                            if step == AfterClose::ShutAndEnd {
+                                this.discard_pending_input();
+                                this.channel.kill(DisconnectReason::ProtocolError);
+                                return Poll::Ready(());
+                            }
+                            // Wait for the client's FIN, or the wheel's grace.
+                            this.hub.watch_closing(&this.channel);
+                        }
                     }
-                    this.hub.watch_closing(&this.channel);
                 }
                 _ => {}
             }

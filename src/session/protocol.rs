@@ -68,28 +68,56 @@ struct Partial {
     message: Option<(bool, Vec<u8>)>,
 }
 
-/// One connection's protocol state.
+/// What the connection does once its close frame is on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterClose {
+    /// Shut the write side (FIN) and wait for the client's close or FIN.
+    Shut,
+    /// The client broke the protocol: shut the write side and end now.
+    ShutAndEnd,
+    /// Done already.
+    AlreadyShut,
+}
+
+/// One connection's protocol state, packed: it lives in every idle
+/// connection's task.
 #[derive(Debug, Default)]
 pub struct Protocol {
     partial: Option<Box<Partial>>,
+    /// The low 16 bits of the current rate window's tick, and the client
+    /// messages in it (saturating): a window 65,536 ticks (18 h) later
+    /// that lands on the same low bits only continues a count.
+    rate_window: (u16, u16),
     /// The client broke the protocol (see [`Action::Close`]).
     failed: bool,
-    /// (tick of the current rate window, client messages in it).
-    rate_window: (u32, u32),
+    /// The write side is shut after the close frame.
+    write_shut: bool,
 }
 
 impl Protocol {
     pub fn new(tick: u32) -> Self {
         Self {
             partial: None,
+            rate_window: (tick as u16, 0),
             failed: false,
-            rate_window: (tick, 0),
+            write_shut: false,
         }
     }
 
     /// Whether the client broke the protocol.
     pub fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// The close frame is on the wire: what to do with the socket.
+    pub fn on_close_flushed(&mut self) -> AfterClose {
+        if std::mem::replace(&mut self.write_shut, true) {
+            AfterClose::AlreadyShut
+        } else if self.failed {
+            AfterClose::ShutAndEnd
+        } else {
+            AfterClose::Shut
+        }
     }
 
     /// Decodes and handles every whole frame in `fresh` (after any pending
@@ -249,8 +277,13 @@ impl Protocol {
     fn count_message(&mut self, tick: u32, limits: &ProtocolLimits, actions: &mut Actions) -> bool {
         let limit = limits.messages_per_tick_max;
         let (window, count) = self.rate_window;
-        let count = if window == tick { count + 1 } else { 1 };
-        self.rate_window = (tick, count);
+        let count = if window == tick as u16 {
+            count.saturating_add(1)
+        } else {
+            1
+        };
+        self.rate_window = (tick as u16, count);
+        let count = u32::from(count);
         if count > limit.saturating_mul(2) {
             actions.push(Action::Refused(Limit::ClientMessageRate));
             actions.push(Action::Close {
@@ -545,5 +578,22 @@ mod tests {
             LIMITS.messages_per_tick_max as usize + 1,
             "each ping over the limit is counted until the close"
         );
+    }
+
+    #[test]
+    fn the_socket_is_shut_once_after_the_close_frame() {
+        let mut p = Protocol::new(0);
+        assert_eq!(p.on_close_flushed(), AfterClose::Shut);
+        assert_eq!(p.on_close_flushed(), AfterClose::AlreadyShut);
+        let mut failed = Protocol::new(0);
+        feed(&mut failed, b"\x81\x01a", true);
+        assert_eq!(failed.on_close_flushed(), AfterClose::ShutAndEnd);
+    }
+
+    #[test]
+    fn protocol_state_stays_small() {
+        // It lives in every idle connection: a box pointer, 4 bytes of rate
+        // window and two flags.
+        assert_eq!(std::mem::size_of::<Protocol>(), 16);
     }
 }
