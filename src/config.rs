@@ -91,6 +91,10 @@ pub struct WsConfig {
     pub backlog: u32,
     /// Accept `join` for any room, not only the rooms of the token's claim.
     pub free_join: bool,
+    /// Origins (`scheme://host[:port]`, compared without case) allowed to
+    /// upgrade. Empty: any origin, and requests without `Origin` (non-browser
+    /// clients) are always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WsConfig {
@@ -99,6 +103,7 @@ impl Default for WsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backlog: 4096,
             free_join: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -110,6 +115,19 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// `listen(2)` backlog of each executor's HTTP socket.
     pub backlog: u32,
+    /// Time a client has to send a whole request head, counted from the
+    /// connection's accept or from the first byte of the next request.
+    /// Keep-alive idle between requests is `limits.http_idle_timeout_ms`.
+    pub header_timeout_ms: u64,
+    /// Requests served on one connection; the last one is answered with
+    /// `Connection: close`.
+    pub requests_per_connection_max: u32,
+    /// Age of a connection after which it is closed once its request in
+    /// flight (if any) is answered.
+    pub connection_age_max_ms: u64,
+    /// HTTP connections one source address may hold on one executor; past
+    /// it the connection is answered 503 with `Retry-After` and closed.
+    pub connections_per_address_per_core_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -117,11 +135,15 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             backlog: 1024,
+            header_timeout_ms: 10_000,
+            requests_per_connection_max: 10_000,
+            connection_age_max_ms: 600_000,
+            connections_per_address_per_core_max: 256,
         }
     }
 }
 
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for client tokens. Empty: a random dev secret is made at
@@ -129,6 +151,19 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// API keys accepted on `/v1/*`. Empty: a random dev key is made at start.
     pub api_keys: Vec<String>,
+    /// Longest remaining lifetime (`exp - now`) a client token may have at
+    /// the upgrade; a token past it is refused (401 `token_bad_claims`).
+    pub token_ttl_max_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            api_keys: Vec::new(),
+            token_ttl_max_ms: crate::auth::TOKEN_TTL_MAX_DEFAULT_MS,
+        }
+    }
 }
 
 impl fmt::Debug for AuthConfig {
@@ -139,6 +174,7 @@ impl fmt::Debug for AuthConfig {
                 "api_keys",
                 &format_args!("<{} redacted>", self.api_keys.len()),
             )
+            .field("token_ttl_max_ms", &self.token_ttl_max_ms)
             .finish()
     }
 }
@@ -171,7 +207,16 @@ pub struct LimitsConfig {
     pub http_connections_per_core_max: usize,
     /// An HTTP connection that starts no request for this long is closed
     /// (slow or idle clients cannot pin the push API's connection slots).
+    /// Counted from the connection's last byte, in or out; a request in
+    /// flight is never cut by it.
     pub http_idle_timeout_ms: u64,
+    /// Push requests per second one API key may make on this node (token
+    /// bucket, burst of one second); past it 429 with `Retry-After`. Split
+    /// evenly over the executors. 0: no per-key budget.
+    pub key_pushes_per_sec_max: u32,
+    /// Push requests per second this node accepts from all keys together;
+    /// split evenly over the executors. 0: no node budget.
+    pub node_pushes_per_sec_max: u32,
 }
 
 impl Default for LimitsConfig {
@@ -189,6 +234,8 @@ impl Default for LimitsConfig {
             send_queue_bytes_max: 1024 * 1024,
             http_connections_per_core_max: 1024,
             http_idle_timeout_ms: 60_000,
+            key_pushes_per_sec_max: 50_000,
+            node_pushes_per_sec_max: 100_000,
         }
     }
 }
@@ -272,6 +319,32 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
         "limits.client_messages_per_sec_max",
+    ),
+    (
+        "CORECAST_WS_ALLOWED_ORIGINS",
+        "ws.allowed_origins (comma-separated)",
+    ),
+    ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
+    (
+        "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX",
+        "http.requests_per_connection_max",
+    ),
+    (
+        "CORECAST_HTTP_CONNECTION_AGE_MAX_MS",
+        "http.connection_age_max_ms",
+    ),
+    (
+        "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX",
+        "http.connections_per_address_per_core_max",
+    ),
+    ("CORECAST_TOKEN_TTL_MAX_MS", "auth.token_ttl_max_ms"),
+    (
+        "CORECAST_KEY_PUSHES_PER_SEC_MAX",
+        "limits.key_pushes_per_sec_max",
+    ),
+    (
+        "CORECAST_NODE_PUSHES_PER_SEC_MAX",
+        "limits.node_pushes_per_sec_max",
     ),
 ];
 
@@ -362,6 +435,28 @@ impl Config {
                 "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
                     self.limits.client_messages_per_sec_max = parse_env(name, &value)?
                 }
+                "CORECAST_WS_ALLOWED_ORIGINS" => self.ws.allowed_origins = split_list(&value),
+                "CORECAST_HTTP_HEADER_TIMEOUT_MS" => {
+                    self.http.header_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX" => {
+                    self.http.requests_per_connection_max = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_CONNECTION_AGE_MAX_MS" => {
+                    self.http.connection_age_max_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX" => {
+                    self.http.connections_per_address_per_core_max = parse_env(name, &value)?
+                }
+                "CORECAST_TOKEN_TTL_MAX_MS" => {
+                    self.auth.token_ttl_max_ms = parse_env(name, &value)?
+                }
+                "CORECAST_KEY_PUSHES_PER_SEC_MAX" => {
+                    self.limits.key_pushes_per_sec_max = parse_env(name, &value)?
+                }
+                "CORECAST_NODE_PUSHES_PER_SEC_MAX" => {
+                    self.limits.node_pushes_per_sec_max = parse_env(name, &value)?
+                }
                 _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
@@ -422,6 +517,32 @@ impl Config {
         }
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+        }
+        let http = &self.http;
+        if http.header_timeout_ms == 0 {
+            return Err(invalid("http.header_timeout_ms", "must be > 0"));
+        }
+        if http.requests_per_connection_max == 0 {
+            return Err(invalid("http.requests_per_connection_max", "must be >= 1"));
+        }
+        if http.connection_age_max_ms == 0 {
+            return Err(invalid("http.connection_age_max_ms", "must be > 0"));
+        }
+        if http.connections_per_address_per_core_max == 0 {
+            return Err(invalid(
+                "http.connections_per_address_per_core_max",
+                "must be >= 1",
+            ));
+        }
+        if self.auth.token_ttl_max_ms < 1_000 {
+            return Err(invalid(
+                "auth.token_ttl_max_ms",
+                "must be at least 1000 (token expiry has one-second resolution)",
+            ));
+        }
+        for origin in &self.ws.allowed_origins {
+            crate::ws::handshake::parse_allowed_origin(origin)
+                .map_err(|message| invalid("ws.allowed_origins", message))?;
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {
