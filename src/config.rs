@@ -339,6 +339,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("CORECAST_TOKEN_TTL_MAX_MS", "auth.token_ttl_max_ms"),
     (
+        "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX",
+        "limits.http_connections_per_core_max",
+    ),
+    (
         "CORECAST_KEY_PUSHES_PER_SEC_MAX",
         "limits.key_pushes_per_sec_max",
     ),
@@ -451,6 +455,9 @@ impl Config {
                 "CORECAST_TOKEN_TTL_MAX_MS" => {
                     self.auth.token_ttl_max_ms = parse_env(name, &value)?
                 }
+                "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX" => {
+                    self.limits.http_connections_per_core_max = parse_env(name, &value)?
+                }
                 "CORECAST_KEY_PUSHES_PER_SEC_MAX" => {
                     self.limits.key_pushes_per_sec_max = parse_env(name, &value)?
                 }
@@ -517,6 +524,12 @@ impl Config {
         }
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+        }
+        if l.http_connections_per_core_max == 0 {
+            return Err(invalid(
+                "limits.http_connections_per_core_max",
+                "must be >= 1",
+            ));
         }
         let http = &self.http;
         if http.header_timeout_ms == 0 {
