@@ -325,3 +325,19 @@ fn one_address_cannot_take_every_slot() {
         rss_kib(node.pid())
     );
 }
+
+#[test]
+fn an_idle_connection_retires_at_its_age() {
+    let node = Node::start_with(&[("CORECAST_HTTP_CONNECTION_AGE_MAX_MS", "1000")]);
+    let mut conn = connect_from(GOOD, node.http);
+    let started = Instant::now();
+    assert_eq!(get(&mut conn, "/healthz").unwrap().status, 200);
+    // Idle from here on: far under the 60 s idle timeout and the 10 s header
+    // timeout, yet closed once it is 1 s old.
+    assert!(closed_within(&mut conn, Duration::from_secs(5)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
