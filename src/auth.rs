@@ -104,6 +104,13 @@ impl TokenKeys {
         }
     }
 
+    /// Keys as `[auth]` configures them: its secret and its
+    /// `token_ttl_max_ms`.
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
+        Self::new(auth.jwt_secret.as_bytes())
+            .with_ttl_max(Duration::from_millis(auth.token_ttl_max_ms))
+    }
+
     /// Sets the cap on `exp - now` (`[auth] token_ttl_max_ms`).
     pub fn with_ttl_max(mut self, ttl_max: Duration) -> Self {
         self.ttl_max_secs = ttl_max.as_secs();
@@ -382,6 +389,23 @@ mod tests {
         // The default cap admits the CLI's largest documented lifetime.
         let week = TokenKeys::new(b"secret").mint("a", None, None, parse_ttl("7d").unwrap());
         assert!(TokenKeys::new(b"secret").verify(&week, 8).is_ok());
+    }
+
+    #[test]
+    fn keys_from_config_take_the_lifetime_cap() {
+        let auth = crate::config::AuthConfig {
+            jwt_secret: "secret".into(),
+            token_ttl_max_ms: 60_000,
+            ..Default::default()
+        };
+        let keys = TokenKeys::from_config(&auth);
+        let hour = keys.mint("a", None, None, Duration::from_secs(3600));
+        assert!(matches!(
+            keys.verify(&hour, 8),
+            Err(TokenError::LifetimeTooLong(60_000))
+        ));
+        let minute = keys.mint("a", None, None, Duration::from_secs(50));
+        assert!(keys.verify(&minute, 8).is_ok());
     }
 
     #[test]

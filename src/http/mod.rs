@@ -36,6 +36,11 @@ const PER_ADDRESS_RETRY_AFTER_SECS: u64 = 1;
 /// answer with it) while the client is still sending.
 const REFUSAL_LINGER_MS: u64 = 200;
 
+/// Refused connections lingering at once per core. Refusals hold no
+/// connection permit; past this many, a refusal is written and the socket
+/// closed at once (the client may then see a reset instead of the 503).
+const REFUSALS_LINGERING_PER_CORE_MAX: u64 = 64;
+
 /// Largest request head hyper buffers (request line and headers).
 const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
 
@@ -182,15 +187,19 @@ fn too_many_connections() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers 503 without waiting on the client, then reads and drops what it
-/// sends for a moment so that the close does not reset the answer away.
-async fn refuse(mut stream: TcpStream) {
+/// Answers 503 without waiting on the client; with `linger`, then reads
+/// and drops what it sends for a moment so that the close does not reset
+/// the answer away.
+async fn refuse(mut stream: TcpStream, linger: bool) {
     let fd = stream.as_raw_fd();
     let _ = nix::sys::socket::send(
         fd,
         &too_many_connections(),
         nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
     );
+    if !linger {
+        return;
+    }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let linger = async {
         let mut sink = [0u8; 1024];
@@ -213,6 +222,7 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
     ));
     let http = Rc::new(HttpCore::new(&core));
     let per_address_max = core.config.http.connections_per_address_per_core_max;
+    let lingering = Rc::new(Semaphore::new(REFUSALS_LINGERING_PER_CORE_MAX));
     loop {
         let Ok(permit) = permits.acquire_static_permit(1).await else {
             return;
@@ -232,11 +242,17 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let Some(slot) = AddressSlot::take(&http, address, per_address_max) else {
             core.metrics.refused(Limit::HttpConnectionsPerAddress);
-            glommio::spawn_local(async move {
-                refuse(stream).await;
-                drop(permit);
-            })
-            .detach();
+            drop(permit);
+            match lingering.try_acquire_static_permit(1) {
+                Ok(linger) => {
+                    glommio::spawn_local(async move {
+                        refuse(stream, true).await;
+                        drop(linger);
+                    })
+                    .detach();
+                }
+                Err(_) => refuse(stream, false).await,
+            }
             continue;
         };
         let core = core.clone();
