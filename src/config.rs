@@ -650,6 +650,48 @@ mod tests {
     }
 
     #[test]
+    fn hostile_input_settings_have_env_vars() {
+        let mut config = Config::default();
+        let env: HashMap<&str, &str> = [
+            (
+                "CORECAST_WS_ALLOWED_ORIGINS",
+                "https://a.example, http://localhost:3000",
+            ),
+            ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "1500"),
+            ("CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX", "7"),
+            ("CORECAST_HTTP_CONNECTION_AGE_MAX_MS", "9000"),
+            ("CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX", "3"),
+            ("CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX", "5"),
+            ("CORECAST_TOKEN_TTL_MAX_MS", "60000"),
+            ("CORECAST_KEY_PUSHES_PER_SEC_MAX", "11"),
+            ("CORECAST_NODE_PUSHES_PER_SEC_MAX", "0"),
+        ]
+        .into();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.ws.allowed_origins.len(), 2);
+        assert_eq!(config.http.header_timeout_ms, 1500);
+        assert_eq!(config.http.requests_per_connection_max, 7);
+        assert_eq!(config.http.connection_age_max_ms, 9000);
+        assert_eq!(config.http.connections_per_address_per_core_max, 3);
+        assert_eq!(config.limits.http_connections_per_core_max, 5);
+        assert_eq!(config.auth.token_ttl_max_ms, 60_000);
+        assert_eq!(config.limits.key_pushes_per_sec_max, 11);
+        assert_eq!(config.limits.node_pushes_per_sec_max, 0);
+        let mut bad = Config::default();
+        bad.ws.allowed_origins = vec!["*.example".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.http.header_timeout_ms = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.auth.token_ttl_max_ms = 10;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn unknown_field_is_rejected() {
         assert!(Config::from_toml("[limits]\nmax_conections = 3\n").is_err());
     }
