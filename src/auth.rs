@@ -18,11 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::NAME_BYTES_MAX;
 
-/// Default of `[auth] token_ttl_max_ms`: 7 days. Long enough for every
-/// lifetime the docs and `corecast token --ttl` show (1 h default, `7d` the
-/// largest example), short enough that a token with `exp` far in the future
-/// (or `u64::MAX`, never expiring) is refused.
-pub const TOKEN_TTL_MAX_DEFAULT_MS: u64 = 7 * 24 * 3600 * 1000;
+pub use crate::config::TOKEN_TTL_MAX_DEFAULT_MS;
 
 /// The claims of a client token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

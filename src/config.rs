@@ -39,6 +39,12 @@ fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default of `[auth] token_ttl_max_ms`: 7 days. Long enough for every
+/// lifetime the docs and `corecast token --ttl` show (1 h default, `7d` the
+/// largest example), short enough that a token with `exp` far in the future
+/// (or `u64::MAX`, never expiring) is refused.
+pub const TOKEN_TTL_MAX_DEFAULT_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// The whole node configuration, as read from TOML.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -161,7 +167,7 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: String::new(),
             api_keys: Vec::new(),
-            token_ttl_max_ms: crate::auth::TOKEN_TTL_MAX_DEFAULT_MS,
+            token_ttl_max_ms: TOKEN_TTL_MAX_DEFAULT_MS,
         }
     }
 }
@@ -192,6 +198,14 @@ pub struct LimitsConfig {
     pub handshake_header_bytes_max: usize,
     /// Time a client has to finish the upgrade request.
     pub handshake_timeout_ms: u64,
+    /// Time a client has to send the request line (`GET /ws?...`), inside
+    /// `handshake_timeout_ms` (the smaller of the two applies): a
+    /// connection that says nothing is let go early.
+    pub handshake_request_line_timeout_ms: u64,
+    /// Handshakes in progress from one source address, node-wide (each
+    /// core takes its share); past it the connection is answered 503 with
+    /// `Retry-After` at once.
+    pub handshakes_per_address_max: usize,
     /// Largest client frame or message (close 1009 past it).
     pub client_message_bytes_max: usize,
     /// Client messages per second before the client gets an error frame; at
@@ -227,6 +241,8 @@ impl Default for LimitsConfig {
             max_rooms_per_user: 64,
             handshake_header_bytes_max: 8 * 1024,
             handshake_timeout_ms: 5_000,
+            handshake_request_line_timeout_ms: 1_000,
+            handshakes_per_address_max: 256,
             client_message_bytes_max: 4 * 1024,
             client_messages_per_sec_max: 20,
             push_body_bytes_max: 64 * 1024,
@@ -321,6 +337,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "limits.client_messages_per_sec_max",
     ),
     (
+        "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS",
+        "limits.handshake_request_line_timeout_ms",
+    ),
+    (
+        "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
+        "limits.handshakes_per_address_max",
+    ),
+    (
         "CORECAST_WS_ALLOWED_ORIGINS",
         "ws.allowed_origins (comma-separated)",
     ),
@@ -351,6 +375,26 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "limits.node_pushes_per_sec_max",
     ),
 ];
+
+/// Checks one `allowed_origins` entry: `http://` or `https://`, a host, an
+/// optional port, and no path, query or user info.
+pub fn parse_allowed_origin(entry: &str) -> Result<(), String> {
+    let rest = entry
+        .strip_prefix("https://")
+        .or_else(|| entry.strip_prefix("http://"))
+        .ok_or_else(|| format!("{entry:?} must start with http:// or https://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty()
+        || rest.chars().any(|c| {
+            matches!(c, '/' | '?' | '#' | '@' | '*') || c.is_whitespace() || c.is_control()
+        })
+    {
+        return Err(format!(
+            "{entry:?} must be scheme://host[:port] with no path, wildcard or user info"
+        ));
+    }
+    Ok(())
+}
 
 fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
 where
@@ -439,6 +483,12 @@ impl Config {
                 "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
                     self.limits.client_messages_per_sec_max = parse_env(name, &value)?
                 }
+                "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
+                    self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
+                    self.limits.handshakes_per_address_max = parse_env(name, &value)?
+                }
                 "CORECAST_WS_ALLOWED_ORIGINS" => self.ws.allowed_origins = split_list(&value),
                 "CORECAST_HTTP_HEADER_TIMEOUT_MS" => {
                     self.http.header_timeout_ms = parse_env(name, &value)?
@@ -525,6 +575,21 @@ impl Config {
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
         }
+        if !(1..=limits::CLIENT_MESSAGES_PER_SEC_CEILING).contains(&l.client_messages_per_sec_max) {
+            return Err(invalid(
+                "limits.client_messages_per_sec_max",
+                format!("must be 1..={}", limits::CLIENT_MESSAGES_PER_SEC_CEILING),
+            ));
+        }
+        if l.handshake_request_line_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.handshake_request_line_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        if l.handshakes_per_address_max == 0 {
+            return Err(invalid("limits.handshakes_per_address_max", "must be > 0"));
+        }
         if l.http_connections_per_core_max == 0 {
             return Err(invalid(
                 "limits.http_connections_per_core_max",
@@ -554,7 +619,7 @@ impl Config {
             ));
         }
         for origin in &self.ws.allowed_origins {
-            crate::ws::handshake::parse_allowed_origin(origin)
+            parse_allowed_origin(origin)
                 .map_err(|message| invalid("ws.allowed_origins", message))?;
         }
         let h = &self.heartbeat;
@@ -689,6 +754,23 @@ mod tests {
         let mut bad = Config::default();
         bad.auth.token_ttl_max_ms = 10;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn allowed_origin_entries_are_checked() {
+        assert!(parse_allowed_origin("https://app.example").is_ok());
+        assert!(parse_allowed_origin("http://localhost:3000").is_ok());
+        assert!(parse_allowed_origin("http://localhost:3000/").is_ok());
+        for bad in [
+            "app.example",
+            "https://",
+            "https://a/b",
+            "https://*.example",
+            "ftp://a",
+            "https://u@a",
+        ] {
+            assert!(parse_allowed_origin(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

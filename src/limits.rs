@@ -27,6 +27,10 @@ pub const HANDSHAKE_HEADERS_MAX: usize = 64;
 pub const CLIENT_MESSAGE_BYTES_MIN: usize = 256;
 pub const CLIENT_MESSAGE_BYTES_CEILING: usize = 1024 * 1024;
 
+/// Largest `client_messages_per_sec_max` (a connection counts its
+/// messages in 16 bits, and twice the limit must fit).
+pub const CLIENT_MESSAGES_PER_SEC_CEILING: u32 = 10_000;
+
 /// Largest push body a configuration may allow.
 pub const PUSH_BODY_BYTES_CEILING: usize = 16 * 1024 * 1024;
 

@@ -195,7 +195,7 @@ fn main() -> ExitCode {
         println!("{}", keys.mint(&uid, rooms, device, ttl));
         return ExitCode::SUCCESS;
     }
-    let result = corecast::node::run(config, |config, node| {
+    let result = corecast::lifecycle::run(config, |config, node| {
         if let Some(banner) = dev_banner(config, &node.tokens, &dev) {
             println!("{banner}");
         }

@@ -2,7 +2,7 @@
 //! any node reaches the user wherever it is connected, exactly once.
 
 mod common;
-use common::cluster;
+use common::{cluster, wait_for};
 use std::time::Duration;
 
 /// The next push message, or None after a quiet 300 ms.
@@ -39,15 +39,10 @@ fn pushes_cross_the_mesh_exactly_once() {
     // Server-side join on A for a user on C, then a room push from B.
     let (status, _) = a.request("POST", "/v1/rooms/ops/members/uc");
     assert_eq!(status, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_for("the join to reach C", Duration::from_secs(5), || {
         let (_, body) = c.push_json("/v1/push/room/ops", serde_json::json!("probe"));
-        if body["local_recipients"] == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "join never reached C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        body["local_recipients"] == 1
+    });
     assert_eq!(on_c.recv_json()["data"], "probe");
     let (_, _) = b.push_json("/v1/push/room/ops", serde_json::json!("room"));
     let msg = on_c.recv_json();

@@ -2,7 +2,7 @@
 //! publishes junk; it is counted as corrupt and the node keeps delivering.
 
 mod common;
-use common::{Node, free_port};
+use common::{Node, peer_port};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,8 +35,8 @@ fn rogue_publisher(address: String, stop: Arc<AtomicBool>) -> std::thread::JoinH
 
 #[test]
 fn corrupt_envelopes_are_counted_and_dropped() {
-    let rogue = format!("tcp://127.0.0.1:{}", free_port());
-    let own = format!("tcp://127.0.0.1:{}", free_port());
+    let rogue = format!("tcp://127.0.0.1:{}", peer_port());
+    let own = format!("tcp://127.0.0.1:{}", peer_port());
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = rogue_publisher(rogue.clone(), stop.clone());
     let node = Node::start_with(&[
