@@ -217,6 +217,9 @@ pub struct LimitsConfig {
     pub send_queue_frames_max: usize,
     /// Bytes waiting in one connection's outbound queue (close 1013 past it).
     pub send_queue_bytes_max: usize,
+    /// Bytes of pushes in flight from one core to another (one way); a
+    /// push that finds the link to a core it needs full is answered 503.
+    pub core_link_bytes_max: usize,
     /// Concurrent HTTP connections per executor on the push API.
     pub http_connections_per_core_max: usize,
     /// An HTTP connection that starts no request for this long is closed
@@ -248,6 +251,7 @@ impl Default for LimitsConfig {
             push_body_bytes_max: 64 * 1024,
             send_queue_frames_max: 256,
             send_queue_bytes_max: 1024 * 1024,
+            core_link_bytes_max: 32 * 1024 * 1024,
             http_connections_per_core_max: 1024,
             http_idle_timeout_ms: 60_000,
             key_pushes_per_sec_max: 50_000,
@@ -344,6 +348,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
         "limits.handshakes_per_address_max",
     ),
+    ("CORECAST_CORE_LINK_BYTES_MAX", "limits.core_link_bytes_max"),
     (
         "CORECAST_WS_ALLOWED_ORIGINS",
         "ws.allowed_origins (comma-separated)",
@@ -485,6 +490,9 @@ impl Config {
                 }
                 "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
                     self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_CORE_LINK_BYTES_MAX" => {
+                    self.limits.core_link_bytes_max = parse_env(name, &value)?
                 }
                 "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
                     self.limits.handshakes_per_address_max = parse_env(name, &value)?

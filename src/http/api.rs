@@ -452,8 +452,14 @@ async fn push(
         unix_micros(),
     );
     core.metrics.push(kind);
-    let recipients = core.push(push, target).await;
-    Ok(accepted(&id, recipients))
+    match core.push(push, target).await {
+        Ok(recipients) => Ok(accepted(&id, recipients)),
+        Err(overloaded) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("the node cannot take this push now ({overloaded}); retry shortly"),
+        )),
+    }
 }
 
 /// This core's snapshots of every core, taken at most once per
