@@ -285,6 +285,7 @@ async fn read_upgrade(
 
 /// Token, drain and capacity checks; a connection slot on success.
 fn authorize(core: &Core, request: &UpgradeRequest) -> Result<(Claims, Slot), HandshakeError> {
+    handshake::check_origin(request.origin.as_deref(), &core.config.ws.allowed_origins)?;
     let token = request
         .token
         .as_deref()

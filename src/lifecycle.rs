@@ -190,7 +190,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
     let (drain_trigger, drain_signal) = async_channel::bounded::<()>(1);
     let node = Arc::new(Node {
         node_id: config.cluster.node_id.clone(),
-        tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),
+        tokens: TokenKeys::from_config(&config.auth),
         api_keys: ApiKeys::new(&config.auth.api_keys),
         id_prefix: id_prefix(),
         capacity: Capacity::new(config.limits.max_connections),

@@ -191,7 +191,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let keys = TokenKeys::new(config.auth.jwt_secret.as_bytes());
+        let ttl_max = std::time::Duration::from_millis(config.auth.token_ttl_max_ms);
+        if ttl > ttl_max {
+            eprintln!(
+                "corecast: --ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
+                 the node would refuse the token"
+            );
+            return ExitCode::from(2);
+        }
+        let keys = TokenKeys::from_config(&config.auth);
         println!("{}", keys.mint(&uid, rooms, device, ttl));
         return ExitCode::SUCCESS;
     }

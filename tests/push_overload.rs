@@ -33,6 +33,7 @@ fn a_push_with_no_room_is_refused_not_dropped() {
                 accepted.push(seq);
             }
             Err(ureq::Error::Status(503, r)) => {
+                assert_eq!(r.header("Retry-After"), Some("1"));
                 let text = r.into_string().unwrap();
                 assert!(text.contains("\"overloaded\""), "{text}");
                 refused += 1;

@@ -43,6 +43,9 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
 }
 
+/// `Retry-After` of a 503 "overloaded": queues drain within milliseconds.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -454,11 +457,14 @@ async fn push(
     core.metrics.push(kind);
     match core.push(push, target).await {
         Ok(recipients) => Ok(accepted(&id, recipients)),
-        Err(overloaded) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!("the node cannot take this push now ({overloaded}); retry shortly"),
-        )),
+        Err(overloaded) => Err(ApiError {
+            retry_after_secs: Some(OVERLOADED_RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("the node cannot take this push now ({overloaded}); retry shortly"),
+            )
+        }),
     }
 }
 
