@@ -1,9 +1,37 @@
-//! Three real node processes linked by the ZeroMQ mesh: a push accepted by
-//! any node reaches the user wherever it is connected, exactly once.
+//! Three real node processes linked by the ZeroMQ mesh (CURVE, with a
+//! shared mesh key): a push accepted by any node reaches the user wherever
+//! it is connected, exactly once.
 
 mod common;
-use common::cluster;
+use common::{Node, free_port};
 use std::time::Duration;
+
+/// The cluster's shared secret.
+const MESH_KEY: &str = "cluster-test-mesh-key-0123456789abcdef";
+
+/// `n` keyed nodes, each listing every node (itself included), with every
+/// subscription up.
+fn cluster(n: usize) -> Vec<Node> {
+    let mesh: Vec<String> = (0..n)
+        .map(|_| format!("tcp://127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = mesh.join(",");
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let id = format!("node-{}", (b'a' + i as u8) as char);
+            Node::start_with(&[
+                ("CORECAST_NODE_ID", id.as_str()),
+                ("CORECAST_MESH_LISTEN", mesh[i].as_str()),
+                ("CORECAST_MESH_PEERS", peers.as_str()),
+                ("CORECAST_MESH_KEY", MESH_KEY),
+            ])
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_peers_up(n - 1);
+    }
+    nodes
+}
 
 /// The next push message, or None after a quiet 300 ms.
 fn next(client: &mut common::Client) -> Option<serde_json::Value> {
