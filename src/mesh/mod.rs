@@ -114,10 +114,10 @@ pub const MESH_OUTBOUND_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Messages (batches) queued for one subscriber in the PUB socket
 /// (`ZMQ_SNDHWM`, per pipe): past it libzmq drops for that subscriber only.
-pub const MESH_PEER_SNDHWM_MESSAGES: i32 = 1_000;
+pub const MESH_PEER_SNDHWM_MESSAGES: i32 = 4_096;
 
 /// Messages read ahead from one peer's PUB (`ZMQ_RCVHWM` of its SUB).
-pub const MESH_PEER_RCVHWM_MESSAGES: i32 = 1_000;
+pub const MESH_PEER_RCVHWM_MESSAGES: i32 = 4_096;
 
 /// Time a new connection has for the ZMTP greeting and the CURVE handshake
 /// (`ZMQ_HANDSHAKE_IVL`); a peer that stalls in it is dropped.
