@@ -420,6 +420,80 @@ fn publish_never_blocks_and_counts_a_full_queue() {
     assert_eq!(a.metrics.snapshot().drops(DropReason::OutboundFull), 1);
 }
 
+/// The executor -> mesh queue is bounded in bytes as well as entries: with
+/// the mesh thread held up (its deliver closure blocks on a received
+/// envelope), large envelopes are refused once [`MESH_OUTBOUND_BYTES_MAX`]
+/// is queued, long before the entry cap.
+#[test]
+fn the_outbound_queue_is_bounded_in_bytes() {
+    let (pa, pb) = (free_port(), free_port());
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let hold_rx = Mutex::new(hold_rx);
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held_in_thread = held.clone();
+    let metrics = Arc::new(MeshMetrics::new());
+    let cluster = ClusterConfig {
+        node_id: "a".into(),
+        mesh_listen: addr(pa),
+        mesh_peers: vec![addr(pb)],
+        ..Default::default()
+    };
+    let a = start(
+        "a",
+        &cluster,
+        None,
+        Box::new(move |_| {
+            // Holds a's mesh thread until the test lets go (bounded).
+            held_in_thread.store(true, Ordering::SeqCst);
+            let _ = hold_rx.lock().unwrap().recv_timeout(WAIT);
+        }),
+        metrics.clone(),
+    )
+    .unwrap()
+    .unwrap();
+    let b = Node::start("b", pb, &[addr(pa)]);
+    wait_until("a subscribed to b", || {
+        metrics.peer_up(&addr(pb)) == Some(true)
+    });
+    settle();
+    assert!(b.publish("stop-a", Target::Broadcast));
+    wait_until("a's thread is held", || held.load(Ordering::SeqCst));
+
+    let payload = Bytes::from(vec![0u8; 4 * 1024 * 1024]);
+    let size = envelope::estimated_bytes("big-0", &Target::Broadcast, payload.len());
+    let fits = MESH_OUTBOUND_BYTES_MAX / size;
+    let mut accepted = 0;
+    for i in 0..fits + 10 {
+        if a.publish(
+            &format!("big-{i}"),
+            &Target::Broadcast,
+            ContentKind::Binary,
+            &payload,
+            0,
+        ) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, fits);
+    assert!(a.queued_bytes() <= MESH_OUTBOUND_BYTES_MAX);
+    assert_eq!(a.queued(), fits, "far below the entry cap");
+    assert_eq!(metrics.snapshot().drops(DropReason::OutboundFull), 10);
+    // Released, the thread drains the queue and the bytes are given back.
+    hold_tx.send(()).unwrap();
+    wait_until("the queue drains", || {
+        a.queued_bytes() == 0 && a.queued() == 0
+    });
+    assert!(a.publish(
+        "small",
+        &Target::Broadcast,
+        ContentKind::Text,
+        &Bytes::new(),
+        0
+    ));
+    drop(hold_tx);
+    a.shutdown();
+}
+
 /// A ZMTP 3.0 greeting announcing `mechanism` (as client).
 fn zmtp_greeting(mechanism: &[u8]) -> [u8; 64] {
     let mut greeting = [0u8; 64];
