@@ -232,7 +232,9 @@ impl Waker {
     /// After a send on the queue: wakes the thread if it sleeps.
     fn wake_if_parked(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.parked.swap(false, Ordering::SeqCst) {
+        // A plain load first: executors publishing while the thread is busy
+        // only read the flag's cache line.
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             let _ = self.fd.write(1);
         }
     }
