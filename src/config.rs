@@ -162,6 +162,14 @@ pub struct LimitsConfig {
     pub handshake_header_bytes_max: usize,
     /// Time a client has to finish the upgrade request.
     pub handshake_timeout_ms: u64,
+    /// Time a client has to send the request line (`GET /ws?...`), inside
+    /// `handshake_timeout_ms` (the smaller of the two applies): a
+    /// connection that says nothing is let go early.
+    pub handshake_request_line_timeout_ms: u64,
+    /// Handshakes in progress from one source address, node-wide (each
+    /// core takes its share); past it the connection is answered 503 with
+    /// `Retry-After` at once.
+    pub handshakes_per_address_max: usize,
     /// Largest client frame or message (close 1009 past it).
     pub client_message_bytes_max: usize,
     /// Client messages per second before the client gets an error frame; at
@@ -173,6 +181,9 @@ pub struct LimitsConfig {
     pub send_queue_frames_max: usize,
     /// Bytes waiting in one connection's outbound queue (close 1013 past it).
     pub send_queue_bytes_max: usize,
+    /// Bytes of pushes in flight from one core to another (one way); a
+    /// push that finds the link to a core it needs full is answered 503.
+    pub core_link_bytes_max: usize,
     /// Concurrent HTTP connections per executor on the push API.
     pub http_connections_per_core_max: usize,
     /// An HTTP connection that starts no request for this long is closed
@@ -188,11 +199,14 @@ impl Default for LimitsConfig {
             max_rooms_per_user: 64,
             handshake_header_bytes_max: 8 * 1024,
             handshake_timeout_ms: 5_000,
+            handshake_request_line_timeout_ms: 1_000,
+            handshakes_per_address_max: 256,
             client_message_bytes_max: 4 * 1024,
             client_messages_per_sec_max: 20,
             push_body_bytes_max: 64 * 1024,
             send_queue_frames_max: 256,
             send_queue_bytes_max: 1024 * 1024,
+            core_link_bytes_max: 32 * 1024 * 1024,
             http_connections_per_core_max: 1024,
             http_idle_timeout_ms: 60_000,
         }
@@ -303,6 +317,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
         "limits.client_messages_per_sec_max",
     ),
+    (
+        "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS",
+        "limits.handshake_request_line_timeout_ms",
+    ),
+    (
+        "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
+        "limits.handshakes_per_address_max",
+    ),
+    ("CORECAST_CORE_LINK_BYTES_MAX", "limits.core_link_bytes_max"),
 ];
 
 fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
@@ -393,6 +416,15 @@ impl Config {
                 "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
                     self.limits.client_messages_per_sec_max = parse_env(name, &value)?
                 }
+                "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
+                    self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_CORE_LINK_BYTES_MAX" => {
+                    self.limits.core_link_bytes_max = parse_env(name, &value)?
+                }
+                "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
+                    self.limits.handshakes_per_address_max = parse_env(name, &value)?
+                }
                 _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
@@ -453,6 +485,21 @@ impl Config {
         }
         if l.handshake_timeout_ms == 0 {
             return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+        }
+        if !(1..=limits::CLIENT_MESSAGES_PER_SEC_CEILING).contains(&l.client_messages_per_sec_max) {
+            return Err(invalid(
+                "limits.client_messages_per_sec_max",
+                format!("must be 1..={}", limits::CLIENT_MESSAGES_PER_SEC_CEILING),
+            ));
+        }
+        if l.handshake_request_line_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.handshake_request_line_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        if l.handshakes_per_address_max == 0 {
+            return Err(invalid("limits.handshakes_per_address_max", "must be > 0"));
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {

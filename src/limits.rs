@@ -27,6 +27,10 @@ pub const HANDSHAKE_HEADERS_MAX: usize = 64;
 pub const CLIENT_MESSAGE_BYTES_MIN: usize = 256;
 pub const CLIENT_MESSAGE_BYTES_CEILING: usize = 1024 * 1024;
 
+/// Largest `client_messages_per_sec_max` (a connection counts its
+/// messages in 16 bits, and twice the limit must fit).
+pub const CLIENT_MESSAGES_PER_SEC_CEILING: u32 = 10_000;
+
 /// Largest push body a configuration may allow.
 pub const PUSH_BODY_BYTES_CEILING: usize = 16 * 1024 * 1024;
 
@@ -45,6 +49,9 @@ pub const CORE_CHANNEL_CAPACITY: usize = 4096;
 
 /// Envelopes waiting between the executors and the mesh thread, each way.
 pub const MESH_CHANNEL_CAPACITY: usize = 65_536;
+
+/// Bytes waiting in one core's inbox from the mesh thread.
+pub const MESH_INBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Largest WebSocket frame header: 2 bytes, 8 bytes of length, 4 of mask.
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;

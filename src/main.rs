@@ -149,7 +149,7 @@ fn main() -> ExitCode {
         println!("{}", keys.mint(&uid, rooms, device, ttl));
         return ExitCode::SUCCESS;
     }
-    let result = corecast::node::run(config, |config, node| {
+    let result = corecast::lifecycle::run(config, |config, node| {
         if dev.jwt_secret || dev.api_key {
             let token = node.tokens.mint(
                 "alice",

@@ -70,6 +70,8 @@ labelled_enum!(
         RoomsPerUser => "rooms_per_user",
         ClientMessageRate => "client_message_rate",
         SendQueue => "send_queue",
+        HandshakesInFlight => "handshakes_in_flight",
+        HandshakesPerAddress => "handshakes_per_address",
     }
 );
 
@@ -121,6 +123,8 @@ pub struct CoreMetrics {
     pub users: AtomicI64,
     pub rooms: AtomicI64,
     pub deliveries: AtomicU64,
+    /// Handshakes this core accepted and handed to another (home) core.
+    handoffs: AtomicU64,
     handshakes: [AtomicU64; HandshakeOutcome::COUNT],
     pushes: [AtomicU64; PushKind::COUNT],
     disconnects: [AtomicU64; DisconnectReason::COUNT],
@@ -137,6 +141,7 @@ impl Default for CoreMetrics {
             users: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
             deliveries: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
             handshakes: counters(),
             pushes: counters(),
             disconnects: counters(),
@@ -165,6 +170,9 @@ impl CoreMetrics {
     }
     pub fn http(&self, route: Route, status: u16) {
         bump(&self.http[route as usize][status_index(status)]);
+    }
+    pub fn handed_off(&self) {
+        bump(&self.handoffs);
     }
     pub fn delivered(&self, n: u64) {
         self.deliveries.fetch_add(n, Ordering::Relaxed);
@@ -209,6 +217,23 @@ fn counter_family<'a>(
     for (value_label, value) in series {
         let labels = [(label, value_label)];
         ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter with one series per core, read from each core's atomics.
+fn per_core_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    cores: &[Arc<CoreMetrics>],
+    counter: impl Fn(&CoreMetrics) -> &AtomicU64,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (core, m) in cores.iter().enumerate() {
+        let core = core.to_string();
+        let labels = [("core", core.as_str())];
+        ConstCounter::new(load(counter(m))).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
 }
@@ -343,19 +368,20 @@ impl Collector for NodeCollector {
                 .iter()
                 .map(|k| (k.label(), pushes[*k as usize])),
         )?;
-        {
-            let mut metric = encoder.encode_descriptor(
-                "corecast_deliveries",
-                "Frames handed to client sockets (one per recipient connection)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (core, m) in cores.iter().enumerate() {
-                let core = core.to_string();
-                let labels = [("core", core.as_str())];
-                ConstCounter::new(load(&m.deliveries)).encode(metric.encode_family(&labels)?)?;
-            }
-        }
+        per_core_counter(
+            &mut encoder,
+            "corecast_deliveries",
+            "Frames handed to client sockets (one per recipient connection)",
+            cores,
+            |m| &m.deliveries,
+        )?;
+        per_core_counter(
+            &mut encoder,
+            "corecast_handoffs",
+            "Authenticated connections this core accepted and handed to the user's home core",
+            cores,
+            |m| &m.handoffs,
+        )?;
         let disconnects = summed(cores, |c| &c.disconnects);
         counter_family(
             &mut encoder,

@@ -1,305 +1,120 @@
-//! Starting and stopping a node: keys, ports, one pinned glommio executor
-//! per core joined into a channel mesh, the cluster mesh thread, and the
-//! signal wait that turns SIGTERM/SIGINT into a graceful drain.
-//!
-//! Stop order: the drain flag is raised; each core stops accepting, closes
-//! its connections with 1001 spread over `drain_period` and ends; then the
-//! mesh thread flushes and stops; the process exits 0.
+//! What every core of a node shares: read-only configuration and keys, the
+//! connection capacity, the drain flag and signal, the per-core metrics and
+//! the cluster mesh handle. Nothing here is on the delivery path, and this
+//! file names no core, session or executor type, so that any of them can
+//! hold an `Arc<Node>` without an import circle.
 
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
-
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{SockaddrStorage, getsockname};
 
 use crate::auth::{ApiKeys, TokenKeys};
 use crate::config::Config;
-use crate::core::{CoreMsg, Node};
-use crate::limits::{CORE_CHANNEL_CAPACITY, MESH_CHANNEL_CAPACITY};
+use crate::link::Links;
+use crate::mesh::{MeshHandle, MeshMetrics};
 use crate::metrics::CoreMetrics;
-use crate::push::id_prefix;
 
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start executor {core}: {message}")]
-    Executor { core: usize, message: String },
-    #[error("cannot start the cluster mesh: {0}")]
-    Mesh(String),
-    #[error("signal setup failed: {0}")]
-    Signals(nix::Error),
+/// The node-wide state shared by its executors.
+#[derive(Debug)]
+pub struct Node {
+    pub config: Arc<Config>,
+    pub node_id: String,
+    pub tokens: TokenKeys,
+    pub api_keys: ApiKeys,
+    /// Per-process prefix of message ids (see [`crate::push::IdGenerator`]).
+    pub id_prefix: String,
+    /// Open (or handing-off) WebSocket connections against `max_connections`.
+    pub capacity: Arc<Capacity>,
+    /// Set before the drain signal closes, so every core sees it at once.
+    pub draining: AtomicBool,
+    /// Closed (never sent on) when the node starts draining: wakes every
+    /// core at once with no polling.
+    pub drain_signal: async_channel::Receiver<()>,
+    pub core_metrics: Vec<Arc<CoreMetrics>>,
+    /// The budgets of the queues between cores and from the mesh thread.
+    pub links: Arc<Links>,
+    pub mesh: Option<MeshHandle>,
+    pub mesh_metrics: Arc<MeshMetrics>,
 }
 
-/// Extra file descriptors a node needs beyond one per connection
-/// (listeners, io_uring, mesh sockets, HTTP clients).
-pub const FD_MARGIN: u64 = 1024;
-
-/// A socket in the `SO_REUSEPORT` group of `addr` that pins a port chosen
-/// by the kernel (port 0) until every executor has bound it.
-fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<OwnedFd>), StartError> {
-    if addr.port() != 0 {
-        return Ok((addr, None));
-    }
-    let fail = |e: nix::Error| StartError::Bind {
-        addr,
-        source: e.into(),
-    };
-    let fd = crate::listener::reuseport_socket(addr).map_err(fail)?;
-    let bound: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(fail)?;
-    let port = bound
-        .as_sockaddr_in()
-        .map(|a| a.port())
-        .or_else(|| bound.as_sockaddr_in6().map(|a| a.port()))
-        .unwrap_or(0);
-    Ok((SocketAddr::new(addr.ip(), port), Some(fd)))
-}
-
-/// Warns when the open-file limit cannot hold `max_connections`.
-fn check_fd_limit(max_connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let wanted = max_connections as u64 + FD_MARGIN;
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            // Raise the soft limit as far as the hard one allows.
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(wanted.max(soft)), hard);
-        }
-        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((soft, hard));
-        if soft < wanted {
-            eprintln!(
-                "corecast: warning: open-file limit is {soft}, below max_connections ({max_connections}) + {FD_MARGIN}; \
-                 connections past ~{} will fail to accept (raise LimitNOFILE, see kernel-tuning/)",
-                soft.saturating_sub(FD_MARGIN)
-            );
-        }
+impl Node {
+    /// Whether the node drains (refuses handshakes, answers `/readyz` 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
-/// Starts the cluster mesh with a bridge that routes what it receives into
-/// the cores' inboxes (never blocking the mesh thread: a full inbox is a
-/// counted drop).
-fn start_mesh(
-    config: &Config,
-    to_cores: Vec<async_channel::Sender<CoreMsg>>,
-    metrics: Arc<crate::mesh::MeshMetrics>,
-) -> Result<Option<crate::mesh::MeshHandle>, StartError> {
-    use crate::mesh::{DropReason, Received};
-    use crate::push::{Push, Target, home_core, route};
-    let bridge_metrics = metrics.clone();
-    let cores = to_cores.len();
-    let deliver = Box::new(move |received: Received| {
-        let offer = |core: usize, msg: CoreMsg| {
-            if to_cores[core].try_send(msg).is_err() {
-                bridge_metrics.count_drop(DropReason::DeliverFull, 1);
-            }
-        };
-        let join = matches!(received.target, Target::RoomJoin { .. });
-        match received.target {
-            Target::RoomJoin { room, uid } | Target::RoomLeave { room, uid } => {
-                let home = home_core(&uid, cores);
-                offer(
-                    home,
-                    CoreMsg::Membership {
-                        room,
-                        uid,
-                        join,
-                        reply: None,
-                    },
-                );
-            }
-            target => {
-                let push = Push::new(
-                    received.id,
-                    &target,
-                    received.kind,
-                    received.payload,
-                    received.created_at_us,
-                );
-                for (core, part) in route(&target, cores) {
-                    offer(
-                        core,
-                        CoreMsg::Deliver {
-                            push: push.clone(),
-                            target: part,
-                            reply: None,
-                        },
-                    );
-                }
-            }
+/// Connection slots of a node: at most `max` are taken at once.
+#[derive(Debug)]
+pub struct Capacity {
+    taken: AtomicUsize,
+    max: usize,
+}
+
+impl Capacity {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            taken: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes a slot, or `None` when all `max` are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.taken.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.taken.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
-    });
-    crate::mesh::start(
-        &config.cluster.node_id,
-        &config.cluster,
-        None,
-        deliver,
-        metrics,
-    )
-    .map_err(|e| StartError::Mesh(e.to_string()))
+        Some(Slot {
+            capacity: self.clone(),
+        })
+    }
+
+    /// Slots taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
 }
 
-/// A running node's handles, for the signal wait.
-struct Running {
-    executors: Vec<glommio::ExecutorJoinHandle<()>>,
-    node: Arc<Node>,
-    alive: Arc<AtomicUsize>,
-    cores: usize,
-    drain_trigger: async_channel::Sender<()>,
+/// One taken connection slot, released when dropped: it travels with the
+/// connection from the handshake, through a hand-off to the home core, to
+/// the end of the connection's task, so that no path can leak it.
+#[derive(Debug)]
+pub struct Slot {
+    capacity: Arc<Capacity>,
 }
 
-/// Counts a running executor; dropped when it ends, panics included.
-struct AliveGuard(Arc<AtomicUsize>);
-
-impl Drop for AliveGuard {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.capacity.taken.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Runs a node until SIGTERM/SIGINT, then drains it. `announce` is called
-/// once every executor listens, with the bound addresses.
-pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<(), StartError> {
-    // Signals are taken by sigwait in this thread only: block them before
-    // any other thread exists so that every thread inherits the mask.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.thread_block().map_err(StartError::Signals)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    check_fd_limit(config.limits.max_connections);
-    let (ws, ws_hold) = reserve_port(config.ws.listen)?;
-    let (http, http_hold) = reserve_port(config.http.listen)?;
-    config.ws.listen = ws;
-    config.http.listen = http;
-    let cores = config.executor_count();
-    if config.cluster.node_id.is_empty() {
-        config.cluster.node_id = format!(
-            "{}-{}",
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "node".into()),
-            ws.port()
-        );
+    #[test]
+    fn slots_are_bounded_and_released_on_drop() {
+        let capacity = Capacity::new(2);
+        let a = capacity.try_take().expect("first slot");
+        let b = capacity.try_take().expect("second slot");
+        assert!(capacity.try_take().is_none(), "a third slot past max");
+        assert_eq!(capacity.taken(), 2);
+        drop(a);
+        assert_eq!(capacity.taken(), 1);
+        let c = capacity.try_take().expect("a released slot is free again");
+        drop((b, c));
+        assert_eq!(capacity.taken(), 0);
     }
-    let config = Arc::new(config);
-    let core_metrics: Vec<Arc<CoreMetrics>> = (0..cores).map(|_| Arc::default()).collect();
-    let (foreign_tx, foreign_rx): (Vec<_>, Vec<_>) = (0..cores)
-        .map(|_| async_channel::bounded::<CoreMsg>(MESH_CHANNEL_CAPACITY))
-        .unzip();
-    let mesh_metrics = crate::mesh::new_metrics();
-    let mesh = start_mesh(&config, foreign_tx, mesh_metrics.clone())?;
-    let (drain_trigger, drain_signal) = async_channel::bounded::<()>(1);
-    let node = Arc::new(Node {
-        node_id: config.cluster.node_id.clone(),
-        tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),
-        api_keys: ApiKeys::new(&config.auth.api_keys),
-        id_prefix: id_prefix(),
-        connections: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
-        drain_signal,
-        core_metrics,
-        mesh,
-        mesh_metrics,
-        config: config.clone(),
-    });
 
-    let channel_mesh = MeshBuilder::full(cores, CORE_CHANNEL_CAPACITY);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut executors = Vec::with_capacity(cores);
-    let running_cores = Arc::new(AtomicUsize::new(0));
-    for (id, foreign) in foreign_rx.into_iter().enumerate() {
-        let node = node.clone();
-        let channel_mesh = channel_mesh.clone();
-        let ready = ready_tx.clone();
-        let alive = running_cores.clone();
-        alive.fetch_add(1, Ordering::SeqCst);
-        let cpu = (config.node.first_cpu + id) % online;
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("corecast-core-{id}"))
-            .io_memory(config.node.io_memory_kib * 1024)
-            .ring_depth(config.node.ring_depth)
-            .spawn(move || async move {
-                let _alive = AliveGuard(alive);
-                crate::core::run(id, node, channel_mesh, foreign, ready).await
-            })
-            .map_err(|e| StartError::Executor {
-                core: id,
-                message: e.to_string(),
-            })?;
-        executors.push(handle);
+    #[test]
+    fn a_slot_dropped_on_another_thread_is_released() {
+        let capacity = Capacity::new(1);
+        let slot = capacity.try_take().expect("slot");
+        std::thread::spawn(move || drop(slot))
+            .join()
+            .expect("thread");
+        assert_eq!(capacity.taken(), 0);
     }
-    drop(ready_tx);
-    for _ in 0..cores {
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            return Err(StartError::Executor {
-                core: 0,
-                message: "an executor did not come up (see its error above)".into(),
-            });
-        }
-    }
-    drop(ws_hold);
-    drop(http_hold);
-    announce(&config, &node);
-    wait_and_drain(
-        Running {
-            executors,
-            node,
-            alive: running_cores,
-            cores,
-            drain_trigger,
-        },
-        &signals,
-    )
-}
-
-fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> {
-    let Running {
-        executors,
-        node,
-        alive,
-        cores,
-        drain_trigger,
-    } = running;
-    loop {
-        let timeout = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        // SAFETY: sigtimedwait reads a valid, initialized sigset and timespec.
-        let signal =
-            unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timeout) };
-        if signal == libc::SIGTERM || signal == libc::SIGINT {
-            eprintln!("corecast: signal {signal}: draining");
-            break;
-        }
-        if alive.load(Ordering::SeqCst) < cores {
-            eprintln!("corecast: an executor stopped unexpectedly; exiting");
-            std::process::exit(1);
-        }
-    }
-    node.draining.store(true, Ordering::SeqCst);
-    drain_trigger.close();
-    for executor in executors {
-        let _ = executor.join();
-    }
-    // The executors are gone, so this is the last reference to the node.
-    if let Ok(Node {
-        mesh: Some(mesh), ..
-    }) = Arc::try_unwrap(node)
-    {
-        mesh.shutdown();
-    }
-    eprintln!("corecast: drained, exiting");
-    Ok(())
 }

@@ -1,37 +1,10 @@
-//! Three real node processes linked by the ZeroMQ mesh (CURVE, with a
-//! shared mesh key): a push accepted by any node reaches the user wherever
-//! it is connected, exactly once.
+//! Three real node processes linked by the ZeroMQ mesh, with a shared mesh
+//! key (every mesh connection CURVE): a push accepted by any node reaches the
+//! user wherever it is connected, exactly once.
 
 mod common;
-use common::{Node, free_port};
+use common::{cluster, wait_for};
 use std::time::Duration;
-
-/// The cluster's shared secret.
-const MESH_KEY: &str = "cluster-test-mesh-key-0123456789abcdef";
-
-/// `n` keyed nodes, each listing every node (itself included), with every
-/// subscription up.
-fn cluster(n: usize) -> Vec<Node> {
-    let mesh: Vec<String> = (0..n)
-        .map(|_| format!("tcp://127.0.0.1:{}", free_port()))
-        .collect();
-    let peers = mesh.join(",");
-    let nodes: Vec<Node> = (0..n)
-        .map(|i| {
-            let id = format!("node-{}", (b'a' + i as u8) as char);
-            Node::start_with(&[
-                ("CORECAST_NODE_ID", id.as_str()),
-                ("CORECAST_MESH_LISTEN", mesh[i].as_str()),
-                ("CORECAST_MESH_PEERS", peers.as_str()),
-                ("CORECAST_MESH_KEY", MESH_KEY),
-            ])
-        })
-        .collect();
-    for node in &nodes {
-        node.wait_peers_up(n - 1);
-    }
-    nodes
-}
 
 /// The next push message, or None after a quiet 300 ms.
 fn next(client: &mut common::Client) -> Option<serde_json::Value> {
@@ -42,8 +15,14 @@ fn next(client: &mut common::Client) -> Option<serde_json::Value> {
     }
 }
 
+/// The cluster's shared secret.
+const MESH_KEY: &str = "cluster-test-mesh-key-0123456789abcdef";
+
 #[test]
 fn pushes_cross_the_mesh_exactly_once() {
+    // SAFETY: this binary's only test sets the variable before it starts any
+    // thread or process; the nodes that `cluster` spawns inherit it.
+    unsafe { std::env::set_var("CORECAST_MESH_KEY", MESH_KEY) };
     let nodes = cluster(3);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut on_a = a.connect("ua");
@@ -67,15 +46,10 @@ fn pushes_cross_the_mesh_exactly_once() {
     // Server-side join on A for a user on C, then a room push from B.
     let (status, _) = a.request("POST", "/v1/rooms/ops/members/uc");
     assert_eq!(status, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_for("the join to reach C", Duration::from_secs(5), || {
         let (_, body) = c.push_json("/v1/push/room/ops", serde_json::json!("probe"));
-        if body["local_recipients"] == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "join never reached C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        body["local_recipients"] == 1
+    });
     assert_eq!(on_c.recv_json()["data"], "probe");
     let (_, _) = b.push_json("/v1/push/room/ops", serde_json::json!("room"));
     let msg = on_c.recv_json();

@@ -4,7 +4,7 @@
 //! it is ready.
 
 mod common;
-use common::{Node, free_port, wait_for};
+use common::{Node, peer_port, wait_for};
 use std::time::Duration;
 
 const PUSHES: u64 = 10_000;
@@ -25,7 +25,7 @@ fn start(id: &str, mesh: &str, peers: &str) -> Node {
 #[test]
 fn survivors_get_every_push_and_a_restarted_node_rejoins() {
     let mesh: Vec<String> = (0..3)
-        .map(|_| format!("tcp://127.0.0.1:{}", free_port()))
+        .map(|_| format!("tcp://127.0.0.1:{}", peer_port()))
         .collect();
     let peers = mesh.join(",");
     let a = start("node-a", &mesh[0], &peers);

@@ -11,7 +11,7 @@
 
 mod common;
 use bytes::Bytes;
-use common::{Node, free_port, require_python_module, rss_kib};
+use common::{Node, peer_port, require_python_module, rss_kib};
 use corecast::mesh::ClusterKeys;
 use corecast::mesh::envelope::{Batch, Envelope, encode};
 use corecast::push::{ContentKind, Target};
@@ -138,7 +138,7 @@ fn start(id: &str, mesh: &str, peers: &str) -> Node {
 }
 
 fn mesh_address() -> String {
-    format!("tcp://127.0.0.1:{}", free_port())
+    format!("tcp://127.0.0.1:{}", peer_port())
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! junk; it is counted as corrupt and the node keeps delivering.
 
 mod common;
-use common::{Node, free_port};
+use common::{Node, peer_port};
 use corecast::mesh::ClusterKeys;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +36,8 @@ fn rogue_publisher(address: String, stop: Arc<AtomicBool>) -> std::thread::JoinH
 
 #[test]
 fn corrupt_envelopes_are_counted_and_dropped() {
-    let rogue = format!("tcp://127.0.0.1:{}", free_port());
-    let own = format!("tcp://127.0.0.1:{}", free_port());
+    let rogue = format!("tcp://127.0.0.1:{}", peer_port());
+    let own = format!("tcp://127.0.0.1:{}", peer_port());
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = rogue_publisher(rogue.clone(), stop.clone());
     let node = Node::start_with(&[

@@ -5,7 +5,7 @@
 //! node lives, costs nothing and keeps delivering across the cluster.
 
 mod common;
-use common::{Node, free_port, rss_kib};
+use common::{Node, peer_port, rss_kib};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -59,7 +59,7 @@ fn attack(port: u16, mechanism: &[u8], flags: u8, length: u64) -> usize {
 #[test]
 fn huge_frame_announcements_do_not_stop_a_node() {
     let mesh: Vec<String> = (0..2)
-        .map(|_| format!("tcp://127.0.0.1:{}", free_port()))
+        .map(|_| format!("tcp://127.0.0.1:{}", peer_port()))
         .collect();
     let peers = mesh.join(",");
     let a = start("node-a", &mesh[0], &peers);

@@ -7,7 +7,7 @@
 //! peer on the stalled node alone.
 
 mod common;
-use common::{Node, free_port, rss_kib, wait_for};
+use common::{Node, peer_port, rss_kib, wait_for};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ fn peer_series(name: &str, peer: &str) -> String {
 #[test]
 fn a_stalled_and_a_dead_peer_do_not_stop_delivery_to_a_third() {
     let mesh: Vec<String> = (0..4)
-        .map(|_| format!("tcp://127.0.0.1:{}", free_port()))
+        .map(|_| format!("tcp://127.0.0.1:{}", peer_port()))
         .collect();
     let peers = mesh.join(",");
     let a = start("node-a", &mesh[0], &peers);

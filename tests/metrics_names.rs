@@ -21,6 +21,7 @@ fn metrics_after_traffic() {
         "corecast_handshakes_total{outcome=\"ok\"} 1",
         "corecast_pushes_total{kind=\"user\"} 1",
         "corecast_deliveries_total{core=",
+        "corecast_handoffs_total{core=",
         "corecast_disconnects_total{reason=\"slow_consumer\"} 0",
         "corecast_limit_refusals_total{limit=\"max_connections\"} 0",
         "corecast_http_requests_total{route=\"push_user\",status=\"202\"} 1",

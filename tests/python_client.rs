@@ -2,10 +2,9 @@
 //! python3-websockets) connects with a token and receives a push.
 
 mod common;
-use common::Node;
+use common::{Node, WAIT, wait_for};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const CLIENT: &str = r#"
 import asyncio, sys, websockets
@@ -31,14 +30,11 @@ fn python_websockets_receives_a_push() {
         .expect("python3 with the websockets module (Debian python3-websockets)");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "connected");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.request("GET", "/v1/users/py").1["channels"]
-        .as_array()
-        .is_none_or(|c| c.is_empty())
-    {
-        assert!(Instant::now() < deadline, "python client never registered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the python client to register", WAIT, || {
+        node.request("GET", "/v1/users/py").1["channels"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    });
     let (status, _) = node.push_json("/v1/push/user/py", serde_json::json!({"from": "rust"}));
     assert_eq!(status, 202);
     let line = lines.next().expect("a message").unwrap();

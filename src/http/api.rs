@@ -313,8 +313,14 @@ async fn push(
         unix_micros(),
     );
     core.metrics.push(kind);
-    let recipients = core.push(push, target).await;
-    Ok(accepted(&id, recipients))
+    match core.push(push, target).await {
+        Ok(recipients) => Ok(accepted(&id, recipients)),
+        Err(overloaded) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("the node cannot take this push now ({overloaded}); retry shortly"),
+        )),
+    }
 }
 
 async fn scrape(core: &Rc<Core>) -> String {

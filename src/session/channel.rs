@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use futures_lite::AsyncWrite;
-use glommio::net::TcpStream;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
@@ -73,6 +72,36 @@ struct Outbound {
     /// The front frame is partly on the wire: it must be finished before
     /// anything else (even a close frame) is written.
     front_started: bool,
+    /// Frames taken off the front since this queue was made: with it, a
+    /// frame's position stays valid as the front is written.
+    popped: u64,
+    /// The position of the one queued pong whose writing has not started.
+    pong: Option<u64>,
+}
+
+impl Outbound {
+    fn new(front: Bytes, front_started: bool) -> Box<Self> {
+        Box::new(Self {
+            bytes: front.len(),
+            frames: VecDeque::from([front]),
+            front_started,
+            popped: 0,
+            pong: None,
+        })
+    }
+
+    /// The index of the queued pong that may still be replaced.
+    fn replaceable_pong(&self) -> Option<usize> {
+        let at = usize::try_from(self.pong?.checked_sub(self.popped)?).ok()?;
+        let started = at == 0 && self.front_started;
+        (at < self.frames.len() && !started).then_some(at)
+    }
+
+    fn pop_front(&mut self) {
+        self.frames.pop_front();
+        self.front_started = false;
+        self.popped += 1;
+    }
 }
 
 /// The shared state of one WebSocket connection.
@@ -90,8 +119,9 @@ pub struct Channel {
     state: Cell<ChannelState>,
     pub last_seen_tick: Cell<u32>,
     pub last_ping_tick: Cell<u32>,
-    /// (tick of the current rate window, client messages in it).
-    pub rate_window: Cell<(u32, u32)>,
+    /// When the connection's token expires, Unix seconds: the heartbeat
+    /// wheel closes it with 4003 then (`u32::MAX`: never).
+    pub expires_at_s: u32,
 }
 
 impl std::fmt::Debug for Channel {
@@ -125,7 +155,7 @@ impl Channel {
             state: Cell::new(ChannelState::Open),
             last_seen_tick: Cell::new(tick),
             last_ping_tick: Cell::new(tick),
-            rate_window: Cell::new((tick, 0)),
+            expires_at_s: u32::MAX,
         }
     }
 
@@ -191,19 +221,9 @@ impl Channel {
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             ) {
                 Ok(n) if n == bytes.len() => return Sent::Written,
-                Ok(n) => {
-                    *slot = Some(Box::new(Outbound {
-                        frames: VecDeque::from([bytes.slice(n..)]),
-                        bytes: bytes.len() - n,
-                        front_started: true,
-                    }));
-                }
+                Ok(n) => *slot = Some(Outbound::new(bytes.slice(n..), true)),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                    *slot = Some(Box::new(Outbound {
-                        frames: VecDeque::from([bytes.clone()]),
-                        bytes: bytes.len(),
-                        front_started: false,
-                    }));
+                    *slot = Some(Outbound::new(bytes.clone(), false));
                 }
                 Err(_) => {
                     drop(slot);
@@ -242,6 +262,8 @@ impl Channel {
             if let Some(out) = slot.as_mut() {
                 let keep = usize::from(out.front_started);
                 out.frames.truncate(keep);
+                // A kept front is being written; nothing queued is a pong.
+                out.pong = None;
                 out.bytes = out.frames.iter().map(Bytes::len).sum();
                 if out.frames.is_empty() {
                     *slot = None;
@@ -272,11 +294,50 @@ impl Channel {
         self.wake();
     }
 
-    /// Sends a control frame (pong, ping) that must not count as data.
-    pub fn send_pong_or_ping(&self, bytes: &Bytes) {
+    /// Sends the server's ping (the heartbeat wheel's, one per interval).
+    pub fn send_ping(&self, bytes: &Bytes) {
         if self.is_open() {
             self.send_control(bytes);
         }
+    }
+
+    /// Answers a client's ping. At most one pong waits in the queue: a
+    /// newer one replaces it (RFC 6455 section 5.5.3 lets a server answer
+    /// only the latest ping), so pings from a client that does not read
+    /// cannot grow the queue.
+    pub fn send_pong(&self, pong: &Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        let mut slot = self.out.borrow_mut();
+        if let Some(out) = slot.as_mut() {
+            if let Some(at) = out.replaceable_pong() {
+                out.bytes = out.bytes - out.frames[at].len() + pong.len();
+                out.frames[at] = pong.clone();
+            } else {
+                out.pong = Some(out.popped + out.frames.len() as u64);
+                out.frames.push_back(pong.clone());
+                out.bytes += pong.len();
+            }
+            return;
+        }
+        drop(slot);
+        if self.enqueue(pong, None) == Sent::Queued {
+            let mut slot = self.out.borrow_mut();
+            if let Some(out) = slot.as_mut() {
+                // The pong is the queue's only frame, maybe partly written.
+                out.pong = Some(out.popped);
+            }
+        }
+    }
+
+    /// Whether the outbound queue is at or over `caps`: the connection
+    /// stops reading the client until it drains.
+    pub fn over(&self, caps: QueueCaps) -> bool {
+        self.out
+            .borrow()
+            .as_ref()
+            .is_some_and(|out| out.frames.len() >= caps.frames_max || out.bytes >= caps.bytes_max)
     }
 
     /// Ends the connection now (socket error, close grace over).
@@ -293,7 +354,11 @@ impl Channel {
 
     /// Writes queued frames while the socket takes them. `Ready(Ok)` once
     /// the queue is empty.
-    pub fn poll_flush(&self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<io::Result<()>> {
+    pub fn poll_flush<S: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+    ) -> Poll<io::Result<()>> {
         let mut slot = self.out.borrow_mut();
         let Some(out) = slot.as_mut() else {
             return Poll::Ready(Ok(()));
@@ -308,8 +373,7 @@ impl Channel {
                     let done = front.is_empty();
                     out.bytes -= n;
                     if done {
-                        out.frames.pop_front();
-                        out.front_started = false;
+                        out.pop_front();
                     } else {
                         out.front_started = true;
                     }
@@ -326,5 +390,232 @@ impl Channel {
     /// Whether the outbound queue is empty.
     pub fn flushed(&self) -> bool {
         self.out.borrow().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A channel over a real socket pair whose send buffer is small, so the
+    //! kernel pushes back after a few frames: Written -> Queued -> Overflow,
+    //! then the slow-consumer close keeps a partly written front frame ahead
+    //! of the close frame and drops the rest of the queue.
+
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    use nix::sys::socket::{setsockopt, sockopt};
+
+    use super::*;
+
+    /// The smallest send buffer we ask for (the kernel doubles it).
+    const SMALL_SNDBUF_BYTES: usize = 4096;
+
+    /// Frame size above half the send buffer (8 KiB once doubled), so
+    /// that a send is split in two chunks: Linux takes the first frame
+    /// whole and the first 4,032 bytes of the second (seen with a Python
+    /// socketpair probe on Linux 6.18), which leaves a started front frame.
+    const FRAME_BYTES: usize = 5000;
+
+    const CAPS: QueueCaps = QueueCaps {
+        frames_max: 4,
+        bytes_max: 1 << 20,
+    };
+
+    /// Frame `i`: `FRAME_BYTES` of one letter, so order shows on the wire.
+    fn frame(i: usize) -> Bytes {
+        Bytes::from(vec![b'a' + (i % 26) as u8; FRAME_BYTES])
+    }
+
+    fn small_pair() -> (UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        setsockopt(&ours, sockopt::SndBuf, &SMALL_SNDBUF_BYTES).expect("SO_SNDBUF");
+        (ours, theirs)
+    }
+
+    fn channel_on(fd: RawFd) -> Channel {
+        Channel::new(1, fd, Rc::from("u"), TokenExtras::default(), 0, 0)
+    }
+
+    /// Sends frames until the queue overflows; returns each outcome.
+    fn fill(channel: &Channel) -> Vec<Sent> {
+        let mut outcomes = Vec::new();
+        for i in 0..64 {
+            let sent = channel.send(&frame(i), CAPS);
+            outcomes.push(sent);
+            if sent == Sent::Overflow {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Flushes the channel's queue to `fd` on a glommio executor, then
+    /// closes our end so that the reader sees EOF.
+    fn flush_and_close(channel: Channel, fd: RawFd) {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async move {
+            // SAFETY: the fd is ours alone from here on.
+            let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+            futures_lite::future::poll_fn(|cx| channel.poll_flush(cx, &mut stream))
+                .await
+                .expect("flush");
+            assert!(channel.flushed(), "no queue is held once flushed");
+        });
+    }
+
+    #[test]
+    fn a_full_socket_queues_then_overflows_at_the_frame_cap() {
+        let (ours, _theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        assert!(
+            written >= 1,
+            "an empty socket takes the first frame: {outcomes:?}"
+        );
+        assert_eq!(
+            outcomes[written..],
+            [
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Queued,
+                Sent::Overflow
+            ],
+            "queued up to frames_max ({}), then overflow",
+            CAPS.frames_max
+        );
+        assert!(!channel.flushed());
+    }
+
+    #[test]
+    fn the_byte_cap_overflows_before_the_frame_cap() {
+        let (ours, _theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let caps = QueueCaps {
+            frames_max: 100,
+            bytes_max: FRAME_BYTES * 2,
+        };
+        let mut outcomes = Vec::new();
+        for i in 0..64 {
+            let sent = channel.send(&frame(i), caps);
+            outcomes.push(sent);
+            if sent == Sent::Overflow {
+                break;
+            }
+        }
+        let queued = outcomes.iter().filter(|s| **s == Sent::Queued).count();
+        assert!(
+            (1..=2).contains(&queued),
+            "two frames' bytes at most: {outcomes:?}"
+        );
+        assert_eq!(outcomes.last(), Some(&Sent::Overflow));
+    }
+
+    #[test]
+    fn a_slow_consumer_close_keeps_the_started_front_frame_then_1013() {
+        let (ours, mut theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        let front_started = channel
+            .out
+            .borrow()
+            .as_ref()
+            .expect("a queue after overflow")
+            .front_started;
+        assert!(
+            front_started,
+            "the kernel took part of a frame: {outcomes:?}"
+        );
+        channel.close(DisconnectReason::SlowConsumer, 0, true);
+        assert!(!channel.is_open());
+        assert_eq!(
+            channel.send(&frame(99), CAPS),
+            Sent::Dropped,
+            "closing takes no data"
+        );
+        {
+            let out = channel.out.borrow();
+            let out = out.as_ref().expect("the close frame is queued");
+            assert_eq!(out.frames.len(), usize::from(front_started) + 1);
+        }
+
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            theirs.read_to_end(&mut received).expect("read");
+            received
+        });
+        flush_and_close(channel, ours.into_raw_fd());
+        let received = reader.join().expect("reader");
+
+        let mut expected: Vec<u8> = (0..written).flat_map(|i| frame(i).to_vec()).collect();
+        if front_started {
+            // The frame the kernel took part of is finished, whole.
+            expected.extend_from_slice(&frame(written));
+        }
+        let close = frame::close(
+            DisconnectReason::SlowConsumer.close_code(),
+            DisconnectReason::SlowConsumer.text(),
+        );
+        expected.extend_from_slice(&close);
+        assert_eq!(received.len(), expected.len());
+        assert!(
+            received == expected,
+            "whole frames in order, then the close"
+        );
+        assert_eq!(&close[2..4], &1013u16.to_be_bytes(), "close code 1013");
+    }
+
+    fn pong(payload: &[u8]) -> Bytes {
+        frame::encode(
+            tungstenite::protocol::frame::coding::OpCode::Control(
+                tungstenite::protocol::frame::coding::Control::Pong,
+            ),
+            payload,
+        )
+    }
+
+    #[test]
+    fn at_most_one_pong_waits_and_it_answers_the_latest_ping() {
+        let (ours, mut theirs) = small_pair();
+        let channel = channel_on(ours.as_raw_fd());
+        let outcomes = fill(&channel);
+        let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
+        let queued_bytes = |c: &Channel| c.out.borrow().as_ref().map_or(0, |o| o.bytes);
+        let frames = |c: &Channel| c.out.borrow().as_ref().map_or(0, |o| o.frames.len());
+        let (bytes_before, frames_before) = (queued_bytes(&channel), frames(&channel));
+        for i in 0..10_000u32 {
+            channel.send_pong(&pong(&i.to_be_bytes()));
+        }
+        assert_eq!(
+            frames(&channel),
+            frames_before + 1,
+            "one pong queued, not 10,000"
+        );
+        assert_eq!(queued_bytes(&channel), bytes_before + pong(b"1234").len());
+        assert!(
+            channel.over(CAPS),
+            "the queue is at its cap: the task stops reading"
+        );
+
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            theirs.read_to_end(&mut received).expect("read");
+            received
+        });
+        flush_and_close(channel, ours.into_raw_fd());
+        let received = reader.join().expect("reader");
+        let last = pong(&9_999u32.to_be_bytes());
+        assert!(
+            received.ends_with(&last),
+            "the pong answers the latest ping"
+        );
+        let data_frames = written + CAPS.frames_max;
+        assert_eq!(received.len(), data_frames * FRAME_BYTES + last.len());
     }
 }

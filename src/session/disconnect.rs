@@ -30,6 +30,7 @@ macro_rules! reasons {
 reasons! {
     ClientClose => ("client_close", CloseCode::Normal, "bye"),
     Replaced => ("replaced", CloseCode::Replaced, "replaced by a newer connection"),
+    TokenExpired => ("token_expired", CloseCode::TokenExpired, "token expired"),
     SlowConsumer => ("slow_consumer", CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
     IdleTimeout => ("idle_timeout", CloseCode::GoingAway, "idle timeout"),
     ProtocolError => ("protocol_error", CloseCode::Protocol, "protocol error"),

@@ -1,9 +1,11 @@
-//! Sessions: the connection task (read loop, bounded write queue), the
-//! per-core shard (uid -> connections, rooms), the heartbeat wheel and the
-//! table of disconnect reasons.
+//! Sessions: the hub of one core (shard, heartbeat wheel, buffer pool),
+//! the connection task and its sans-IO protocol, the channel state shared
+//! by delivery and the task, and the table of disconnect reasons.
 
 pub mod channel;
 pub mod connection;
 pub mod disconnect;
+pub mod hub;
+pub mod protocol;
 pub mod shard;
 pub mod wheel;

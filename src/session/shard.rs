@@ -318,4 +318,76 @@ mod tests {
         assert!(!shard.leave("a", "r1"));
         assert_eq!(shard.rooms(), 0);
     }
+    /// Delivery over real sockets: a user whose socket is full and a
+    /// queue at its cap is closed as a slow consumer (1013), once, while
+    /// the other user on the core keeps receiving every frame.
+    #[test]
+    fn deliver_closes_only_the_slow_consumer() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+
+        use crate::session::channel::ChannelState;
+
+        // Few enough frames that the fast socket's default buffer holds
+        // them all, many more than the slow socket and its queue take.
+        const FRAMES: usize = 50;
+        const FRAME_BYTES: usize = 1000;
+        let caps = QueueCaps {
+            frames_max: 8,
+            bytes_max: 1 << 20,
+        };
+        let (slow_ours, _slow_theirs) = UnixStream::pair().expect("socketpair");
+        nix::sys::socket::setsockopt(&slow_ours, nix::sys::socket::sockopt::SndBuf, &4096usize)
+            .expect("SO_SNDBUF");
+        let (fast_ours, mut fast_theirs) = UnixStream::pair().expect("socketpair");
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; FRAMES * FRAME_BYTES];
+            fast_theirs
+                .read_exact(&mut buf)
+                .expect("every frame arrives");
+            buf
+        });
+        let on = |id, fd, uid: &str| {
+            Rc::new(Channel::new(
+                id,
+                fd,
+                Rc::from(uid),
+                Default::default(),
+                0,
+                0,
+            ))
+        };
+        let slow = on(1, slow_ours.as_raw_fd(), "slow");
+        let fast = on(2, fast_ours.as_raw_fd(), "fast");
+        let mut shard = Shard::default();
+        shard.add(slow.clone(), 4);
+        shard.add(fast.clone(), 4);
+        let frame = Bytes::from(vec![b'x'; FRAME_BYTES]);
+        let mut delivered = 0;
+        let mut slow_consumers = 0;
+        for _ in 0..FRAMES {
+            let fanout = shard.deliver(&Target::Broadcast, &frame, caps, 7);
+            delivered += fanout.delivered;
+            slow_consumers += fanout.slow_consumers;
+            assert!(fast.flushed(), "the fast socket takes every frame at once");
+        }
+        assert_eq!(slow_consumers, 1, "the slow consumer is closed once");
+        assert_eq!(
+            slow.state(),
+            ChannelState::Closing {
+                reason: DisconnectReason::SlowConsumer,
+                since_tick: 7
+            }
+        );
+        assert!(fast.is_open(), "the other user is untouched");
+        assert!(
+            delivered as usize > FRAMES,
+            "every frame reached the fast user, some the slow one"
+        );
+        drop(shard);
+        drop(fast);
+        let received = reader.join().expect("reader");
+        assert!(received.iter().all(|b| *b == b'x'));
+    }
 }

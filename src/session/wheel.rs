@@ -7,7 +7,7 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
-use crate::limits::WHEEL_SLOTS;
+use crate::limits::{TICK_MS, WHEEL_SLOTS};
 use crate::session::channel::{Channel, ChannelState};
 use crate::session::disconnect::DisconnectReason;
 
@@ -27,6 +27,8 @@ pub struct TickReport {
     pub pinged: u32,
     pub idle_closed: u32,
     pub killed: u32,
+    /// Closed with 4003: their token expired.
+    pub expired: u32,
 }
 
 /// A hashed timing wheel of weak channel references.
@@ -43,6 +45,12 @@ impl Default for Wheel {
     }
 }
 
+/// Ticks from `unix_s` until `expires_at_s` (at least one).
+fn ticks_until(expires_at_s: u32, unix_s: u32) -> u32 {
+    let ms = u64::from(expires_at_s.saturating_sub(unix_s)) * 1000;
+    u32::try_from(ms / TICK_MS).unwrap_or(u32::MAX).max(1)
+}
+
 fn slot_of(tick: u32) -> usize {
     tick as usize & (WHEEL_SLOTS - 1)
 }
@@ -55,8 +63,18 @@ impl Wheel {
         self.slots[slot_of(now.wrapping_add(after))].push(Rc::downgrade(channel));
     }
 
-    /// Visits the connections due at `now`.
-    pub fn tick(&mut self, now: u32, periods: Periods, ping: &Bytes) -> TickReport {
+    /// Schedules a new connection's first visit: its first ping, or its
+    /// token's expiry if that comes first.
+    pub fn add(&mut self, channel: &Rc<Channel>, now: u32, periods: Periods, unix_s: u32) {
+        let first = periods
+            .ping_ticks
+            .min(ticks_until(channel.expires_at_s, unix_s));
+        self.schedule(channel, now, first);
+    }
+
+    /// Visits the connections due at `now` (`unix_s`: the wall clock, for
+    /// token expiry).
+    pub fn tick(&mut self, now: u32, periods: Periods, ping: &Bytes, unix_s: u32) -> TickReport {
         let mut report = TickReport::default();
         let due = std::mem::take(&mut self.slots[slot_of(now)]);
         for weak in &due {
@@ -74,6 +92,12 @@ impl Wheel {
                     }
                 }
                 ChannelState::Open => {
+                    if channel.expires_at_s <= unix_s {
+                        channel.close(DisconnectReason::TokenExpired, now, false);
+                        report.expired += 1;
+                        self.schedule(&channel, now, 1);
+                        continue;
+                    }
                     let silent = now.wrapping_sub(channel.last_seen_tick.get());
                     if silent >= periods.idle_ticks {
                         channel.close(DisconnectReason::IdleTimeout, now, false);
@@ -83,7 +107,7 @@ impl Wheel {
                     }
                     let since_ping = now.wrapping_sub(channel.last_ping_tick.get());
                     if since_ping >= periods.ping_ticks {
-                        channel.send_pong_or_ping(ping);
+                        channel.send_ping(ping);
                         channel.last_ping_tick.set(now);
                         report.pinged += 1;
                     }
@@ -91,7 +115,8 @@ impl Wheel {
                         .ping_ticks
                         .saturating_sub(now.wrapping_sub(channel.last_ping_tick.get()));
                     let next_idle = periods.idle_ticks - silent;
-                    self.schedule(&channel, now, next_ping.min(next_idle));
+                    let next_expiry = ticks_until(channel.expires_at_s, unix_s);
+                    self.schedule(&channel, now, next_ping.min(next_idle).min(next_expiry));
                 }
             }
         }
@@ -158,7 +183,7 @@ mod tests {
         let ping = Bytes::from_static(&[0x89, 0]);
         let mut total = TickReport::default();
         for t in from..=to {
-            let r = wheel.tick(t, PERIODS, &ping);
+            let r = wheel.tick(t, PERIODS, &ping, 0);
             total.pinged += r.pinged;
             total.idle_closed += r.idle_closed;
             total.killed += r.killed;
@@ -215,5 +240,38 @@ mod tests {
         drop(c);
         run(&mut wheel, 1, 1);
         assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn a_connection_is_closed_with_4003_when_its_token_expires() {
+        const START_S: u32 = 1_700_000_000;
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut channel =
+            Channel::new(1, ours.as_raw_fd(), Rc::from("u"), Default::default(), 0, 0);
+        channel.expires_at_s = START_S + 3;
+        let c = Rc::new(channel);
+        let mut wheel = Wheel::default();
+        wheel.add(&c, 0, PERIODS, START_S);
+        let ping = Bytes::from_static(&[0x89, 0]);
+        let mut expired = 0;
+        for t in 1..=2 {
+            c.last_seen_tick.set(t);
+            expired += wheel.tick(t, PERIODS, &ping, START_S + t).expired;
+        }
+        assert!(c.is_open(), "not before its exp");
+        for t in 3..=4 {
+            c.last_seen_tick.set(t);
+            expired += wheel.tick(t, PERIODS, &ping, START_S + t).expired;
+        }
+        assert_eq!(expired, 1);
+        assert_eq!(
+            c.state(),
+            ChannelState::Closing {
+                reason: DisconnectReason::TokenExpired,
+                since_tick: 3
+            },
+            "closed at the tick of its exp, not at the next ping"
+        );
+        assert_eq!(DisconnectReason::TokenExpired.close_code() as u16, 4003);
     }
 }

@@ -32,6 +32,7 @@ pub enum CloseCode {
     Error = 1011,
     TryAgainLater = 1013,
     Replaced = 4001,
+    TokenExpired = 4003,
 }
 
 /// Builds a server (unmasked) frame: header and payload in one buffer.

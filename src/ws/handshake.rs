@@ -43,7 +43,13 @@ pub enum HandshakeError {
     Draining,
     #[error("handshake not finished within the timeout")]
     Timeout,
+    #[error("too many handshakes in progress{0}; retry shortly")]
+    Busy(&'static str),
 }
+
+/// Seconds a client is asked to wait (`Retry-After`) after a 503 for a
+/// full node or a busy handshake stage.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl HandshakeError {
     pub fn status(&self) -> (u16, &'static str) {
@@ -53,7 +59,9 @@ impl HandshakeError {
             HandshakeError::MethodNotAllowed => (405, "Method Not Allowed"),
             HandshakeError::NotFound => (404, "Not Found"),
             HandshakeError::Unauthorized(_) => (401, "Unauthorized"),
-            HandshakeError::OverCapacity | HandshakeError::Draining => (503, "Service Unavailable"),
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::Busy(_) => {
+                (503, "Service Unavailable")
+            }
             HandshakeError::Timeout => (408, "Request Timeout"),
         }
     }
@@ -70,6 +78,7 @@ impl HandshakeError {
             HandshakeError::OverCapacity => "over_capacity",
             HandshakeError::Draining => "draining",
             HandshakeError::Timeout => "handshake_timeout",
+            HandshakeError::Busy(_) => "busy",
         }
     }
 
@@ -83,7 +92,9 @@ impl HandshakeError {
             | HandshakeError::MethodNotAllowed
             | HandshakeError::NotFound => O::BadRequest,
             HandshakeError::Unauthorized(_) => O::Unauthorized,
-            HandshakeError::OverCapacity | HandshakeError::Draining => O::OverCapacity,
+            HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::Busy(_) => {
+                O::OverCapacity
+            }
             HandshakeError::Timeout => O::Timeout,
         }
     }
@@ -95,8 +106,14 @@ impl HandshakeError {
             "error": { "code": self.code(), "message": self.to_string() }
         })
         .to_string();
+        let retry = match self {
+            HandshakeError::OverCapacity | HandshakeError::Busy(_) => {
+                format!("Retry-After: {RETRY_AFTER_SECONDS}\r\n")
+            }
+            _ => String::new(),
+        };
         format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()

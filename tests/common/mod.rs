@@ -17,6 +17,15 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a cluster's mesh subscriptions may take to come up.
+pub const PEERS_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a node may take to report ready.
+pub const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a bounded wait checks its condition again.
+const POLL: Duration = Duration::from_millis(20);
+
 pub struct Node {
     pub child: Child,
     pub ws: SocketAddr,
@@ -36,6 +45,12 @@ impl Node {
 
     /// Starts a node with the test secret and key on ports 0, plus `env`.
     pub fn start_with(env: &[(&str, &str)]) -> Node {
+        Node::try_start_with(env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Node::start_with`]; `Err` when the node exits (or stays
+    /// silent) before it reports ready.
+    pub fn try_start_with(env: &[(&str, &str)]) -> Result<Node, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_corecast"));
         command
             .env("CORECAST_WS_LISTEN", "127.0.0.1:0")
@@ -51,13 +66,15 @@ impl Node {
         let mut child = command.spawn().expect("spawn corecast");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + READY_WAIT;
         loop {
-            assert!(Instant::now() < deadline, "node did not become ready");
-            let line = lines
-                .next()
-                .expect("node exited before it was ready")
-                .expect("read stdout");
+            let line = match lines.next() {
+                Some(Ok(line)) => line,
+                _ => {
+                    let status = child.wait().expect("wait");
+                    return Err(format!("node exited before it was ready ({status})"));
+                }
+            };
             if line.starts_with("corecast: ready") {
                 let node = Node {
                     ws: field(&line, "ws").unwrap().parse().unwrap(),
@@ -67,7 +84,12 @@ impl Node {
                 };
                 // Keep draining stdout so the node never blocks on it.
                 std::thread::spawn(move || for _ in lines.by_ref() {});
-                return node;
+                return Ok(node);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("node did not become ready in {READY_WAIT:?}"));
             }
         }
     }
@@ -154,17 +176,11 @@ impl Node {
             .unwrap_or(0.0)
     }
 
-    /// Waits until `check` holds on the metrics text.
+    /// Waits until the series `series` reads `want`.
     pub fn wait_metric(&self, series: &str, want: f64) {
-        let deadline = Instant::now() + WAIT;
-        while self.metric(series) != want {
-            assert!(
-                Instant::now() < deadline,
-                "{series} never became {want}: {}",
-                self.metric(series)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&format!("{series} == {want}"), WAIT, || {
+            self.metric(series) == want
+        });
     }
 
     pub fn connections(&self) -> f64 {
@@ -177,6 +193,65 @@ impl Node {
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits until `want` mesh subscriptions of this node are up.
+    pub fn wait_peers_up(&self, want: usize) {
+        let mut up = 0;
+        wait_for(&format!("{want} mesh peers up"), PEERS_WAIT, || {
+            up = self
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("corecast_mesh_peer_up{") && l.ends_with(" 1"))
+                .count();
+            up >= want
+        });
+    }
+
+    /// Sum of every series whose line starts with `prefix` (e.g.
+    /// `corecast_users_active{` for all cores).
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Connects `uid` on a socket whose receive buffer was set to
+    /// `rcvbuf_bytes` before connect (so the window stays small).
+    pub fn connect_small_rcvbuf(&self, uid: &str, rcvbuf_bytes: usize) -> Client {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        setsockopt(&fd, sockopt::RcvBuf, &rcvbuf_bytes).expect("SO_RCVBUF");
+        let std::net::SocketAddr::V4(v4) = self.ws else {
+            panic!("loopback v4 expected")
+        };
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).expect("connect");
+        let stream = TcpStream::from(fd);
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let url = format!("ws://{}/ws?token={}", self.ws, self.token(uid, None));
+        let (ws, _) = tungstenite::client::client_with_config(url, stream, Some(small_config()))
+            .expect("handshake");
+        Client { ws }
+    }
+
+    /// Waits (bounded) for the node process to exit; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("the node to exit", within, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
     }
 }
 
@@ -278,9 +353,16 @@ impl Client {
         self.send_text(&serde_json::json!({"type":"join","room":room}).to_string());
         self.recv_json()
     }
+
+    /// Writes raw bytes on the socket under the WebSocket (hand-made frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.ws.get_mut().write_all(bytes).expect("raw write");
+    }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago (for a client-side use; a
+/// node's own ports are bound at 0 and read back).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -289,56 +371,73 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Ports for mesh listeners, which every peer must know before it starts
+/// (so they cannot be bound at 0): below Linux's ephemeral range
+/// (32768-60999), so that no outgoing connection of a concurrent test can
+/// take one between the check here and the node's bind.
+const PEER_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Attempts at starting a cluster on fresh peer ports, should another
+/// listener take a chosen port first.
+const CLUSTER_ATTEMPTS: usize = 3;
+
+/// A free port from [`PEER_PORTS`], chosen at random.
+pub fn peer_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let span = u64::from(PEER_PORTS.end - PEER_PORTS.start);
+    for attempt in 0u64.. {
+        let pick = RandomState::new().hash_one(attempt) % span;
+        let port = PEER_PORTS.start + pick as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
 /// Starts `n` nodes wired into one mesh (each lists every node, itself
 /// included) and waits until every subscription is up.
 pub fn cluster(n: usize) -> Vec<Node> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let peers: Vec<String> = ports
-        .iter()
-        .map(|p| format!("tcp://127.0.0.1:{p}"))
+    let mut failures = Vec::new();
+    for _ in 0..CLUSTER_ATTEMPTS {
+        match try_cluster(n) {
+            Ok(nodes) => return nodes,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("no cluster of {n} came up: {failures:?}");
+}
+
+fn try_cluster(n: usize) -> Result<Vec<Node>, String> {
+    let peers: Vec<String> = (0..n)
+        .map(|_| format!("tcp://127.0.0.1:{}", peer_port()))
         .collect();
     let peers_env = peers.join(",");
-    let nodes: Vec<Node> = (0..n)
+    let nodes = (0..n)
         .map(|i| {
             let id = format!("node-{}", (b'a' + i as u8) as char);
-            Node::start_with(&[
+            Node::try_start_with(&[
                 ("CORECAST_NODE_ID", id.as_str()),
                 ("CORECAST_MESH_LISTEN", peers[i].as_str()),
                 ("CORECAST_MESH_PEERS", peers_env.as_str()),
             ])
         })
-        .collect();
+        .collect::<Result<Vec<Node>, String>>()?;
     for node in &nodes {
         node.wait_peers_up(n - 1);
     }
-    nodes
-}
-
-impl Node {
-    /// Waits until `want` mesh subscriptions of this node are up.
-    pub fn wait_peers_up(&self, want: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let up = self
-                .metrics()
-                .lines()
-                .filter(|l| l.starts_with("corecast_mesh_peer_up{") && l.ends_with(" 1"))
-                .count();
-            if up >= want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "only {up} of {want} peers up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    Ok(nodes)
 }
 
 /// Waits (bounded by `within`) until `check` holds; panics naming `what`.
 pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
     }
 }
 
@@ -377,64 +476,6 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
     out
-}
-
-impl Node {
-    /// Sum of every series whose line starts with `prefix` (e.g.
-    /// `corecast_users_active{` for all cores).
-    pub fn metric_sum(&self, prefix: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Connects `uid` on a socket whose receive buffer was set to
-    /// `rcvbuf_bytes` before connect (so the window stays small).
-    pub fn connect_small_rcvbuf(&self, uid: &str, rcvbuf_bytes: usize) -> Client {
-        use nix::sys::socket::{
-            AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
-        };
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        setsockopt(&fd, sockopt::RcvBuf, &rcvbuf_bytes).expect("SO_RCVBUF");
-        let std::net::SocketAddr::V4(v4) = self.ws else {
-            panic!("loopback v4 expected")
-        };
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).expect("connect");
-        let stream = TcpStream::from(fd);
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let url = format!("ws://{}/ws?token={}", self.ws, self.token(uid, None));
-        let (ws, _) = tungstenite::client::client_with_config(url, stream, Some(small_config()))
-            .expect("handshake");
-        Client { ws }
-    }
-
-    /// Waits (bounded) for the node process to exit; returns its status.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "node did not exit in {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Client {
-    /// Writes raw bytes on the socket under the WebSocket (hand-made frames).
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        use std::io::Write;
-        self.ws.get_mut().write_all(bytes).expect("raw write");
-    }
 }
 
 /// Whether the outside program `program` (from the Debian package `package`)

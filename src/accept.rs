@@ -1,0 +1,338 @@
+//! The WebSocket accept loop of one core and each handshake to its end:
+//! a handshake slot (bounded per core and per source address, a 503 with
+//! `Retry-After` at once when none is free, so nothing waits in the
+//! kernel's backlog), the upgrade request read under two deadlines (the
+//! request line, then the whole head), the token, drain and capacity
+//! checks, the refusal written raw when any fails, and the hand-off of the
+//! socket (with its connection slot) to the user's home core.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+use nix::sys::socket::MsgFlags;
+
+use crate::auth::{Claims, TokenError};
+use crate::core::{Core, CoreMsg};
+use crate::metrics::{HandshakeOutcome, Limit};
+use crate::node::Slot;
+use crate::push::home_core;
+use crate::session::connection;
+use crate::ws::handshake::{self, HandshakeError, UpgradeRequest};
+
+/// Handshakes one core works on at once; past it a connection is answered
+/// 503 with `Retry-After` at once.
+pub const HANDSHAKES_IN_FLIGHT_PER_CORE: usize = 512;
+
+/// Bytes of early input read and dropped before a refused connection is
+/// closed, so that the close sends a FIN after the answer, not a reset.
+const REFUSAL_DRAIN_BYTES: usize = 4096;
+
+/// Why no handshake slot was free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The core works on its maximum of handshakes.
+    Core,
+    /// The source address has its share of this core's handshakes.
+    Address,
+}
+
+/// This core's handshakes in progress, in all and per source address.
+#[derive(Debug)]
+pub struct HandshakeSlots {
+    in_flight: Cell<usize>,
+    max: usize,
+    per_address: RefCell<HashMap<IpAddr, usize>>,
+    per_address_max: usize,
+}
+
+impl HandshakeSlots {
+    /// `per_address_max` is this core's share of the node-wide cap.
+    pub fn new(max: usize, per_address_max: usize) -> Rc<Self> {
+        Rc::new(Self {
+            in_flight: Cell::new(0),
+            max,
+            per_address: RefCell::default(),
+            per_address_max: per_address_max.max(1),
+        })
+    }
+
+    /// Takes a slot for a handshake from `addr`.
+    pub fn try_take(self: &Rc<Self>, addr: IpAddr) -> Result<HandshakeSlot, NoSlot> {
+        if self.in_flight.get() >= self.max {
+            return Err(NoSlot::Core);
+        }
+        let mut per_address = self.per_address.borrow_mut();
+        let taken = per_address.entry(addr).or_insert(0);
+        if *taken >= self.per_address_max {
+            return Err(NoSlot::Address);
+        }
+        *taken += 1;
+        self.in_flight.set(self.in_flight.get() + 1);
+        Ok(HandshakeSlot {
+            slots: self.clone(),
+            addr,
+        })
+    }
+
+    /// Handshakes in progress.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// Source addresses with a handshake in progress.
+    pub fn addresses(&self) -> usize {
+        self.per_address.borrow().len()
+    }
+}
+
+/// One handshake in progress; its slot is freed when dropped.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    slots: Rc<HandshakeSlots>,
+    addr: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.slots.in_flight.set(self.slots.in_flight.get() - 1);
+        let mut per_address = self.slots.per_address.borrow_mut();
+        if let Some(taken) = per_address.get_mut(&self.addr) {
+            *taken -= 1;
+            if *taken == 0 {
+                per_address.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Bytes read from a handshaking socket per read call.
+const HANDSHAKE_READ_CHUNK_BYTES: usize = 1024;
+
+/// Pause after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts WebSocket connections on this core until cancelled.
+pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
+    let limits = &core.config.limits;
+    let slots = HandshakeSlots::new(
+        HANDSHAKES_IN_FLIGHT_PER_CORE,
+        limits.handshakes_per_address_max.div_ceil(core.cores),
+    );
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("corecast: core {}: accept failed: {e}", core.id);
+                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue; // gone already
+        };
+        match slots.try_take(peer.ip()) {
+            Ok(slot) => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    handshake(&core, stream).await;
+                    drop(slot);
+                })
+                .detach();
+            }
+            Err(no_slot) => {
+                let (limit, why) = match no_slot {
+                    NoSlot::Core => (Limit::HandshakesInFlight, " on this core"),
+                    NoSlot::Address => (Limit::HandshakesPerAddress, " from this address"),
+                };
+                core.metrics.refused(limit);
+                drain_early_input(&stream);
+                refuse(&core, &stream, &HandshakeError::Busy(why));
+            }
+        }
+    }
+}
+
+/// Reads and drops what a refused client already sent (at most
+/// [`REFUSAL_DRAIN_BYTES`], without waiting).
+fn drain_early_input(stream: &TcpStream) {
+    let mut buf = [0u8; REFUSAL_DRAIN_BYTES];
+    let _ = nix::sys::socket::recv(stream.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT);
+}
+
+/// Runs one WebSocket handshake to its end: refused with an HTTP error, or
+/// opened on the user's home core.
+async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
+    core.hub.count_churn();
+    let limits = &core.config.limits;
+    let started = Instant::now();
+    let deadlines = Deadlines {
+        request_line: started
+            + Duration::from_millis(
+                limits
+                    .handshake_request_line_timeout_ms
+                    .min(limits.handshake_timeout_ms),
+            ),
+        head: started + core.config.handshake_timeout(),
+    };
+    let read = read_upgrade(&mut stream, limits.handshake_header_bytes_max, deadlines).await;
+    let outcome = match read {
+        Err(e) => Err(e),
+        Ok(None) => {
+            core.metrics.handshake(HandshakeOutcome::IoError);
+            return;
+        }
+        Ok(Some(request)) => authorize(core, &request).map(|ok| (ok, request.accept)),
+    };
+    let ((claims, slot), accept) = match outcome {
+        Ok(admitted) => admitted,
+        Err(error) => return refuse(core, &stream, &error),
+    };
+    let home = home_core(&claims.sub, core.cores);
+    if home == core.id {
+        connection::open(&core.hub, stream, claims, &accept, slot);
+        return;
+    }
+    // SAFETY: the raw fd is open for as long as `stream` lives.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    match nix::unistd::dup(borrowed) {
+        Ok(fd) => {
+            drop(stream);
+            let msg = CoreMsg::HandOff {
+                fd,
+                claims,
+                accept,
+                slot,
+            };
+            // A failed send drops the message: its fd closes and its slot
+            // is released.
+            core.metrics.handed_off();
+            core.send_to(home, msg).await;
+        }
+        Err(_) => core.metrics.handshake(HandshakeOutcome::IoError),
+    }
+}
+
+/// Counts a refused handshake and writes its HTTP answer without waiting:
+/// a client that does not read it loses it.
+fn refuse(core: &Core, stream: &TcpStream, error: &HandshakeError) {
+    core.metrics.handshake(error.outcome());
+    match error {
+        HandshakeError::TooLarge(_) => core.metrics.refused(Limit::HandshakeHeaderBytes),
+        HandshakeError::Timeout => core.metrics.refused(Limit::HandshakeTimeout),
+        HandshakeError::OverCapacity => core.metrics.refused(Limit::MaxConnections),
+        _ => {}
+    }
+    let _ = nix::sys::socket::send(
+        stream.as_raw_fd(),
+        &error.response(),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
+/// When a handshake must have sent its request line, and its whole head.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    request_line: Instant,
+    head: Instant,
+}
+
+/// Reads until the upgrade request is complete, at most `max` bytes, the
+/// request line by `deadlines.request_line` and the rest by
+/// `deadlines.head`. `Ok(None)`: the client went away.
+async fn read_upgrade(
+    stream: &mut TcpStream,
+    max: usize,
+    deadlines: Deadlines,
+) -> Result<Option<UpgradeRequest>, HandshakeError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(HANDSHAKE_READ_CHUNK_BYTES.min(max));
+    let mut chunk = [0u8; HANDSHAKE_READ_CHUNK_BYTES];
+    loop {
+        let room = (max - buf.len()).min(chunk.len());
+        if room == 0 {
+            return Err(HandshakeError::TooLarge(max));
+        }
+        let line_done = buf.windows(2).any(|w| w == b"\r\n");
+        let due = if line_done {
+            deadlines.head
+        } else {
+            deadlines.request_line.min(deadlines.head)
+        };
+        let read = futures_lite::future::or(
+            async { Some(stream.read(&mut chunk[..room]).await) },
+            async {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                None
+            },
+        )
+        .await;
+        let n = match read {
+            None => return Err(HandshakeError::Timeout),
+            Some(Ok(0)) | Some(Err(_)) => return Ok(None),
+            Some(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(request) = handshake::parse_upgrade(&buf, max)? {
+            return Ok(Some(request));
+        }
+    }
+}
+
+/// Token, drain and capacity checks; a connection slot on success.
+fn authorize(core: &Core, request: &UpgradeRequest) -> Result<(Claims, Slot), HandshakeError> {
+    let token = request
+        .token
+        .as_deref()
+        .ok_or(HandshakeError::Unauthorized(TokenError::Missing))?;
+    let claims = core
+        .node
+        .tokens
+        .verify(token, core.config.limits.max_rooms_per_user)?;
+    if core.is_draining() {
+        return Err(HandshakeError::Draining);
+    }
+    let slot = core
+        .node
+        .capacity
+        .try_take()
+        .ok_or(HandshakeError::OverCapacity)?;
+    Ok((claims, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn slots_are_capped_per_address_and_per_core() {
+        let slots = HandshakeSlots::new(3, 2);
+        let a1 = slots.try_take(addr(1)).expect("first from .1");
+        let _a2 = slots.try_take(addr(1)).expect("second from .1");
+        assert_eq!(slots.try_take(addr(1)).unwrap_err(), NoSlot::Address);
+        let _b1 = slots
+            .try_take(addr(2))
+            .expect("another address has its own share");
+        assert_eq!(slots.try_take(addr(3)).unwrap_err(), NoSlot::Core);
+        assert_eq!(slots.in_flight(), 3);
+        drop(a1);
+        let _a3 = slots.try_take(addr(1)).expect("a freed slot is free again");
+    }
+
+    #[test]
+    fn a_finished_handshake_forgets_its_address() {
+        let slots = HandshakeSlots::new(8, 8);
+        let slot = slots.try_take(addr(9)).expect("slot");
+        assert_eq!(slots.addresses(), 1);
+        drop(slot);
+        assert_eq!((slots.in_flight(), slots.addresses()), (0, 0));
+    }
+}
