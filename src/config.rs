@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
+/// Shortest accepted `cluster.mesh_key`, in bytes (the shared secret the
+/// mesh's CURVE key pair is derived from; see `crate::mesh::curve`).
+pub const MESH_KEY_BYTES_MIN: usize = 32;
+
 /// A configuration that cannot be loaded or does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,7 +37,7 @@ pub enum ConfigError {
     #[error(
         "cluster.mesh_key (CORECAST_MESH_KEY) is {len} bytes: a mesh key must be at least \
          {min} bytes (e.g. `openssl rand -base64 48`)",
-        min = crate::mesh::MESH_KEY_BYTES_MIN
+        min = MESH_KEY_BYTES_MIN
     )]
     MeshKeyTooShort { len: usize },
 }
@@ -242,7 +246,7 @@ pub struct ClusterConfig {
     /// Every peer's PUB address. A node may list itself: it is ignored.
     pub mesh_peers: Vec<String>,
     /// Shared secret of the cluster (at least
-    /// [`crate::mesh::MESH_KEY_BYTES_MIN`] bytes): every mesh connection is
+    /// [`MESH_KEY_BYTES_MIN`] bytes): every mesh connection is
     /// CURVE-encrypted and admitted only with the key pair derived from it.
     /// Empty: no key, and the mesh may only use loopback addresses.
     pub mesh_key: String,
@@ -521,7 +525,7 @@ impl Config {
             ));
         }
         let key = &self.cluster.mesh_key;
-        if !key.is_empty() && key.len() < crate::mesh::MESH_KEY_BYTES_MIN {
+        if !key.is_empty() && key.len() < MESH_KEY_BYTES_MIN {
             return Err(ConfigError::MeshKeyTooShort { len: key.len() });
         }
         for addr in std::iter::once(&self.cluster.mesh_listen)
@@ -612,7 +616,7 @@ mod tests {
             config.validate(),
             Err(ConfigError::MeshKeyTooShort { len: 9 })
         ));
-        config.cluster.mesh_key = "k".repeat(crate::mesh::MESH_KEY_BYTES_MIN);
+        config.cluster.mesh_key = "k".repeat(MESH_KEY_BYTES_MIN);
         config.validate().unwrap();
         assert!(!format!("{config:?}").contains(&config.cluster.mesh_key));
         let from_file = Config::from_toml("[cluster]\nmesh_key = \"abc\"\n").unwrap();

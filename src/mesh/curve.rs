@@ -19,8 +19,7 @@ use std::thread::JoinHandle;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-/// Shortest accepted `cluster.mesh_key`, in bytes.
-pub const MESH_KEY_BYTES_MIN: usize = 32;
+pub use crate::config::MESH_KEY_BYTES_MIN;
 
 /// HKDF salt and info: a new value makes a new cluster identity.
 const KDF_SALT: &[u8] = b"corecast mesh";
