@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,15 @@ struct Node {
     handle: Option<MeshHandle>,
     metrics: Arc<MeshMetrics>,
     got: Arc<Mutex<Vec<Received>>>,
+    /// Probes received (see [`flowing`]), kept apart from `got`.
+    probes: Arc<AtomicUsize>,
 }
+
+/// Id prefix of the probe envelopes [`flowing`] sends.
+const PROBE_PREFIX: &str = "probe-";
+
+/// How often [`flowing`] sends a probe.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 impl Node {
     fn start(id: &str, port: u16, peers: &[String]) -> Node {
@@ -61,10 +69,17 @@ impl Node {
         };
         let metrics = Arc::new(MeshMetrics::new());
         let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (sink, probe_sink) = (got.clone(), probes.clone());
         let handle = start(
             &cluster,
-            Box::new(move |r| sink.lock().unwrap().push(r)),
+            Box::new(move |r: Received| {
+                if r.id.starts_with(PROBE_PREFIX) {
+                    probe_sink.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    sink.lock().unwrap().push(r);
+                }
+            }),
             metrics.clone(),
         )
         .expect("mesh starts")
@@ -73,6 +88,7 @@ impl Node {
             handle: Some(handle),
             metrics,
             got,
+            probes,
         }
     }
 
@@ -122,10 +138,51 @@ impl Drop for Node {
     }
 }
 
-/// Time for a PUB socket to register a subscription after the SUB side
-/// reports the connection (ZeroMQ's "slow joiner").
-fn settle() {
-    std::thread::sleep(Duration::from_millis(300));
+/// Waits (bounded) until what `from` publishes reaches `to`: the SUB side
+/// reports a connection before the PUB side applies its subscription
+/// (ZeroMQ's "slow joiner"), so `from` sends probes until one arrives.
+fn flowing(from: &Node, to: &Node) {
+    flowing_into(from, &to.probes);
+}
+
+/// [`flowing`] to a receiver that counts its probes in `probes`.
+fn flowing_into(from: &Node, probes: &AtomicUsize) {
+    let before = probes.load(Ordering::SeqCst);
+    let mut sent = 0;
+    wait_until("envelopes flowing between the two", || {
+        sent += 1;
+        from.publish(
+            &format!("{PROBE_PREFIX}{sent}"),
+            Target::User("probe".into()),
+        );
+        std::thread::sleep(PROBE_EVERY);
+        probes.load(Ordering::SeqCst) > before
+    });
+}
+
+/// The node's metrics once the probes of [`flowing`] stopped arriving: the
+/// baseline the rest of a test's counts are compared with.
+fn after_probes(node: &Node) -> MeshSnapshot {
+    steady("probes to stop arriving", PROBES_QUIET, || {
+        node.metrics.snapshot().envelopes_in
+    });
+    node.metrics.snapshot()
+}
+
+/// How long no envelope arrives before the probes count as done.
+const PROBES_QUIET: Duration = Duration::from_millis(200);
+
+/// Waits (bounded) until `value` has not changed for `quiet`.
+fn steady(what: &str, quiet: Duration, value: impl Fn() -> u64) -> u64 {
+    let mut last = (value(), Instant::now());
+    wait_until(what, || {
+        let now = value();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() >= quiet
+    });
+    last.0
 }
 
 #[test]
@@ -199,7 +256,10 @@ fn three_nodes_deliver_once_and_never_back_to_the_origin() {
         None,
         "own address is not a peer"
     );
-    settle();
+    for (from, to) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+        flowing(from, to);
+    }
+    let before = [&a, &b, &c].map(after_probes);
 
     let targets = [
         Target::User("alice".into()),
@@ -239,15 +299,17 @@ fn three_nodes_deliver_once_and_never_back_to_the_origin() {
         assert_eq!(r.payload, Bytes::from(format!("payload of {}", r.id)));
     }
     drop(got);
-    for node in [&a, &b, &c] {
+    for (node, before) in [&a, &b, &c].into_iter().zip(&before) {
         let s = node.metrics.snapshot();
-        assert_eq!(s.drops(DropReason::Duplicate), 0);
-        assert_eq!(s.drops(DropReason::Own), 0);
-        assert_eq!(s.drops(DropReason::Corrupt), 0);
-        assert_eq!(s.lost, 0);
+        for reason in [DropReason::Duplicate, DropReason::Own, DropReason::Corrupt] {
+            assert_eq!(s.drops(reason), before.drops(reason), "{reason:?}");
+        }
+        assert_eq!(s.lost, before.lost);
     }
-    assert_eq!(a.metrics.snapshot().envelopes_out, targets.len() as u64);
-    assert_eq!(b.metrics.snapshot().envelopes_in, targets.len() as u64);
+    let sent = a.metrics.snapshot().envelopes_out - before[0].envelopes_out;
+    assert_eq!(sent, targets.len() as u64);
+    let received = b.metrics.snapshot().envelopes_in - before[1].envelopes_in;
+    assert_eq!(received, targets.len() as u64);
 }
 
 #[test]
@@ -258,15 +320,20 @@ fn a_peer_listed_twice_delivers_once() {
     let twice = [addr(pa), format!("tcp://localhost:{pa}"), addr(pa)];
     let b = Node::start("b", pb, &twice);
     b.wait_peers_up(&twice[..2]);
-    settle();
+    flowing(&a, &b);
+    // Probes come twice too: count duplicates from where they settle.
+    let duplicates = || b.metrics.snapshot().drops(DropReason::Duplicate);
+    let base = steady(
+        "probe duplicates to settle",
+        Duration::from_millis(200),
+        duplicates,
+    );
 
     for i in 0..100 {
         assert!(a.publish(&format!("m{i}"), Target::Broadcast));
     }
     wait_until("one copy of each", || b.count() == 100);
-    wait_until("the second copies", || {
-        b.metrics.snapshot().drops(DropReason::Duplicate) == 100
-    });
+    wait_until("the second copies", || duplicates() == base + 100);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(b.count(), 100);
     let expected: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
@@ -282,7 +349,8 @@ fn a_burst_of_100000_arrives_in_order() {
     let a = Node::start("a", pa, &[addr(pb)]);
     let b = Node::start("b", pb, &[addr(pa)]);
     b.wait_peers_up(&[addr(pa)]);
-    settle();
+    flowing(&a, &b);
+    let (a0, b0) = (after_probes(&a), after_probes(&b));
 
     let target = Target::User("u".into());
     let payload = Bytes::from_static(&[b'x'; 100]);
@@ -314,13 +382,14 @@ fn a_burst_of_100000_arrives_in_order() {
         assert_eq!(r.payload, payload);
     }
     let (sa, sb) = (a.metrics.snapshot(), b.metrics.snapshot());
-    assert_eq!(sa.envelopes_out, N as u64);
-    assert_eq!(sb.envelopes_in, N as u64);
-    assert_eq!(sb.lost, 0);
+    assert_eq!(sa.envelopes_out - a0.envelopes_out, N as u64);
+    assert_eq!(sb.envelopes_in - b0.envelopes_in, N as u64);
+    assert_eq!(sb.lost, b0.lost);
     assert_eq!(sa.drops(DropReason::OutboundFull), 0);
-    assert!(sa.bytes_out > (N * 100) as u64);
-    assert_eq!(sa.bytes_out, sb.bytes_in);
-    assert_eq!(sb.hop_count, N as u64);
+    let bytes_out = sa.bytes_out - a0.bytes_out;
+    assert!(bytes_out > (N * 100) as u64);
+    assert_eq!(bytes_out, sb.bytes_in - b0.bytes_in);
+    assert_eq!(sb.hop_count - b0.hop_count, N as u64);
 }
 
 #[test]
@@ -335,7 +404,8 @@ fn a_late_or_restarted_peer_starts_receiving() {
     let mut b = Node::start("b", pb, &[addr(pa)]);
     b.wait_peers_up(&[addr(pa)]);
     a.wait_peers_up(&[addr(pb)]);
-    settle();
+    flowing(&a, &b);
+    flowing(&b, &a);
     assert!(a.publish("a-1", Target::Broadcast));
     assert!(b.publish("b1-1", Target::Broadcast));
     wait_until("both directions", || b.count() == 1 && a.count() == 1);
@@ -349,7 +419,8 @@ fn a_late_or_restarted_peer_starts_receiving() {
     let b2 = Node::start("b", pb, &[addr(pa)]);
     a.wait_peers_up(&[addr(pb)]);
     b2.wait_peers_up(&[addr(pa)]);
-    settle();
+    flowing(&a, &b2);
+    flowing(&b2, &a);
     assert!(b2.publish("b2-1", Target::Broadcast));
     assert!(a.publish("a-2", Target::Broadcast));
     wait_until("after the restart", || a.count() == 2 && b2.count() == 1);
@@ -393,7 +464,7 @@ fn garbage_is_counted_and_nothing_panics() {
     // The mesh still works both ways.
     a.wait_peers_up(&[addr(pb)]);
     b.wait_peers_up(&[addr(pa)]);
-    settle();
+    flowing(&b, &a);
     assert!(b.publish("after-junk", Target::Broadcast));
     wait_until("delivery after junk", || a.count() == 1);
     assert_eq!(a.ids(), vec!["after-junk".to_string()]);
@@ -426,6 +497,8 @@ fn the_outbound_queue_is_bounded_in_bytes() {
     let hold_rx = Mutex::new(hold_rx);
     let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let held_in_thread = held.clone();
+    let probes_of_a = Arc::new(AtomicUsize::new(0));
+    let a_probes = probes_of_a.clone();
     let metrics = Arc::new(MeshMetrics::new());
     let cluster = ClusterConfig {
         node_id: "a".into(),
@@ -435,7 +508,11 @@ fn the_outbound_queue_is_bounded_in_bytes() {
     };
     let a = start(
         &cluster,
-        Box::new(move |_| {
+        Box::new(move |r: Received| {
+            if r.id.starts_with(PROBE_PREFIX) {
+                a_probes.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             // Holds a's mesh thread until the test lets go (bounded).
             held_in_thread.store(true, Ordering::SeqCst);
             let _ = hold_rx.lock().unwrap().recv_timeout(WAIT);
@@ -448,7 +525,7 @@ fn the_outbound_queue_is_bounded_in_bytes() {
     wait_until("a subscribed to b", || {
         metrics.peer_up(&addr(pb)) == Some(true)
     });
-    settle();
+    flowing_into(&b, &probes_of_a);
     assert!(b.publish("stop-a", Target::Broadcast));
     wait_until("a's thread is held", || held.load(Ordering::SeqCst));
 
@@ -545,7 +622,8 @@ fn a_stalled_subscriber_costs_the_others_nothing() {
     wait_until("both subscribers admitted", || {
         a.metrics.snapshot().subscriber_connects >= 2
     });
-    settle();
+    flowing(&a, &b);
+    let (a0, b0) = (after_probes(&a), after_probes(&b));
 
     // 4 KiB payloads: far more than the stalled pipe and its socket
     // buffers hold.
@@ -566,9 +644,9 @@ fn a_stalled_subscriber_costs_the_others_nothing() {
     }
     wait_until("b receives every envelope", || b.count() as u64 == N);
     let (sa, sb) = (a.metrics.snapshot(), b.metrics.snapshot());
-    assert_eq!(sb.lost, 0, "{sa:?} {sb:?}");
-    assert_eq!(sa.envelopes_out, N);
-    assert_eq!(sa.drops, [0; DropReason::ALL.len()]);
+    assert_eq!(sb.lost, b0.lost, "{sa:?} {sb:?}");
+    assert_eq!(sa.envelopes_out - a0.envelopes_out, N);
+    assert_eq!(sa.drops, a0.drops);
     // The stalled subscriber answers no heartbeat: a closes it.
     wait_until("the stalled subscriber is dropped", || {
         a.metrics.snapshot().subscriber_disconnects >= 1
@@ -605,7 +683,7 @@ fn huge_frame_announcements_are_refused_and_the_mesh_lives() {
             let _ = std::io::Read::read_to_end(&mut evil, &mut sink);
             assert!(sink.len() < 1024, "{} bytes answered", sink.len());
         }
-        settle();
+        flowing(&a, &b);
         assert!(a.publish("alive", Target::Broadcast));
         wait_until("delivery after the attack", || b.count() == 1);
         wait_until("the refused connections are counted", || {
@@ -627,7 +705,7 @@ fn only_key_holders_exchange_envelopes() {
     let c = Node::start_keyed("c", pc, &all, "another-key-of-enough-length-0123456789");
     a.wait_peers_up(&all[1..2]);
     b.wait_peers_up(&all[..1]);
-    settle();
+    flowing(&a, &b);
     assert!(a.publish("a-1", Target::Broadcast));
     assert!(c.publish("c-1", Target::Broadcast));
     wait_until("b receives a's envelope", || b.count() == 1);
@@ -702,6 +780,8 @@ fn bench_relay_throughput_and_latency() {
     let a = Node::start_keyed("a", pa, &[addr(pb)], &key);
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
+    let probes_of_b = Arc::new(AtomicUsize::new(0));
+    let b_probes = probes_of_b.clone();
     let metrics_b = Arc::new(MeshMetrics::new());
     let b = start(
         &ClusterConfig {
@@ -710,15 +790,19 @@ fn bench_relay_throughput_and_latency() {
             mesh_peers: vec![addr(pa)],
             mesh_key: key.clone(),
         },
-        Box::new(move |_| {
-            counter.fetch_add(1, Ordering::Relaxed);
+        Box::new(move |r: Received| {
+            if r.id.starts_with(PROBE_PREFIX) {
+                b_probes.fetch_add(1, Ordering::SeqCst);
+            } else {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }),
         metrics_b.clone(),
     )
     .unwrap()
     .unwrap();
     wait_until("b connected", || metrics_b.peer_up(&addr(pa)) == Some(true));
-    settle();
+    flowing_into(&a, &probes_of_b);
 
     let target = Target::User("user-42".into());
     let payload = Bytes::from_static(&[b'x'; 100]);
