@@ -152,6 +152,8 @@ pub enum FrameError {
     BadFragment,
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
+    #[error("close code {0} may not be sent (RFC 6455 section 7.4)")]
+    BadCloseCode(u16),
     #[error("malformed frame header")]
     Malformed,
 }
@@ -231,14 +233,29 @@ pub fn decode_client_frame(
     )))
 }
 
-/// Splits a close frame payload into code and reason.
+/// Whether a peer may send close code `code` (RFC 6455 section 7.4): the
+/// codes defined for the protocol (1000-1003, 1007-1011), those IANA
+/// registered since (1012-1014), and the ranges for libraries and
+/// applications (3000-4999). 1004 is reserved; 1005, 1006 and 1015 must
+/// never be on the wire; 0-999, the rest of 1016-2999 and 5000 up are not
+/// assigned.
+pub fn close_code_is_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Splits a close frame payload into code and reason; a code that may not
+/// be sent or a reason that is not UTF-8 breaks the protocol.
 pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, FrameError> {
     match payload.len() {
         0 => Ok(None),
         1 => Err(FrameError::Malformed),
         _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close_code_is_valid(code) {
+                return Err(FrameError::BadCloseCode(code));
+            }
             std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
-            Ok(Some(u16::from_be_bytes([payload[0], payload[1]])))
+            Ok(Some(code))
         }
     }
 }
@@ -357,6 +374,32 @@ mod tests {
         assert_eq!(
             decode_client_frame(&mut big, 10).unwrap_err().close_code(),
             CloseCode::TooBig
+        );
+    }
+
+    #[test]
+    fn close_codes_follow_rfc_6455_section_7_4() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1014, 3000, 4999,
+        ] {
+            assert!(close_code_is_valid(code), "{code}");
+            let payload = code.to_be_bytes();
+            assert_eq!(parse_close(&payload), Ok(Some(code)));
+        }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert!(!close_code_is_valid(code), "{code}");
+            let error = parse_close(&code.to_be_bytes()).unwrap_err();
+            assert_eq!(error, FrameError::BadCloseCode(code));
+            assert_eq!(error.close_code(), CloseCode::Protocol);
+        }
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(b"\x03"), Err(FrameError::Malformed));
+        assert_eq!(
+            parse_close(b"\x03\xe8\xff"),
+            Err(FrameError::InvalidUtf8),
+            "a reason that is not UTF-8"
         );
     }
 
