@@ -76,6 +76,49 @@ struct Partial {
     pending: Vec<u8>,
     /// A fragmented data message being assembled.
     message: Option<Fragmented>,
+    /// Text: bytes of the cut frame's payload (at the start of `pending`)
+    /// known to be valid UTF-8, so that bad text fails as its bytes come
+    /// in, not when the frame is whole.
+    cut_utf8_checked: usize,
+}
+
+impl Partial {
+    /// Checks the UTF-8 of a cut text frame's payload as far as it came,
+    /// after what is unchecked of the message before it (at most an
+    /// incomplete character); each payload byte is checked once, but for
+    /// up to three of an incomplete character at the end.
+    fn check_cut_text(&mut self, cut: &[u8]) -> Result<(), FrameError> {
+        let Some(cut) = frame::cut_client_frame(cut) else {
+            return Ok(());
+        };
+        let before: &[u8] = match (cut.opcode, &self.message) {
+            (OpCode::Data(Data::Text), None) => &[],
+            (OpCode::Data(Data::Continue), Some(message)) if message.is_text => {
+                &message.body[message.utf8_checked..]
+            }
+            // Binary, control, or out of place (refused once whole).
+            _ => return Ok(()),
+        };
+        let checked = self.cut_utf8_checked;
+        let before = if checked == 0 { before } else { &[] };
+        let mut text = Vec::with_capacity(before.len() + cut.payload.len() - checked);
+        text.extend_from_slice(before);
+        text.extend(
+            cut.payload[checked..]
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ cut.mask[(checked + i) & 3]),
+        );
+        let valid = match std::str::from_utf8(&text) {
+            Ok(_) => text.len(),
+            Err(e) if e.error_len().is_some() => return Err(FrameError::InvalidUtf8),
+            Err(e) => e.valid_up_to(),
+        };
+        // `before` is an incomplete character: a valid prefix that is not
+        // empty ends past it.
+        self.cut_utf8_checked = checked + valid.saturating_sub(before.len());
+        Ok(())
+    }
 }
 
 /// The fragments of one data message received so far.
@@ -258,13 +301,22 @@ impl Protocol {
             // A frame still cut: keep its bytes. Bytes that were buffered
             // already stay where they are (no copy per read, so a large
             // frame sent in small pieces costs linear time).
+            let same_frame = buffered && at == 0;
             let rest = if buffered {
                 pending.drain(..at);
                 pending
             } else {
                 data[at..].to_vec()
             };
-            self.partial.get_or_insert_with(Box::default).pending = rest;
+            let partial = self.partial.get_or_insert_with(Box::default);
+            if !same_frame {
+                partial.cut_utf8_checked = 0;
+            }
+            if open && let Err(error) = partial.check_cut_text(&rest) {
+                self.fail(error, &mut actions);
+                return actions;
+            }
+            partial.pending = rest;
         }
         actions
     }
@@ -876,6 +928,63 @@ mod tests {
             feed(&mut p, &masked(CLOSE, &3000u16.to_be_bytes()), true),
             vec![Action::CloseEcho(Some(3000))]
         );
+    }
+
+    #[test]
+    fn bad_text_fails_as_soon_as_its_bytes_arrive_in_a_cut_frame() {
+        // Autobahn 6.4.3: one frame in three pieces; the second holds a
+        // code point past U+10FFFF.
+        let mut p = Protocol::new(0);
+        let frame = masked(TEXT, b"\xce\xba\xe1\xbd\xb9\xf4\x90\x80\x80edited");
+        let (first, rest) = frame.split_at(6 + 5);
+        let (second, _third) = rest.split_at(4);
+        assert!(feed_echo(&mut p, first).is_empty());
+        assert_eq!(
+            feed_echo(&mut p, second),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+        // The same in a continuation, after a fragment that ends inside a
+        // character whose next byte is bad.
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"a\xe1");
+        let continuation = masked(CONTINUE_LAST, b"\xbd\x28rest");
+        bytes.extend_from_slice(&continuation[..6 + 2]);
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn good_text_cut_anywhere_is_echoed_whole() {
+        let text = "κόσμε – ok 🦀".as_bytes();
+        let mut frames = masked(TEXT_FIRST, &text[..3]);
+        frames.extend(masked(CONTINUE_LAST, &text[3..]));
+        for cut in 1..frames.len() {
+            let mut p = Protocol::new(0);
+            let mut actions = feed_echo(&mut p, &frames[..cut]);
+            actions.extend(feed_echo(&mut p, &frames[cut..]));
+            let mut want = vec![0x81, text.len() as u8];
+            want.extend_from_slice(text);
+            assert_eq!(
+                actions,
+                vec![Action::Echo(Bytes::from(want))],
+                "cut at {cut}"
+            );
+        }
+        // Byte by byte too.
+        let mut p = Protocol::new(0);
+        let mut actions = Vec::new();
+        for byte in &frames {
+            actions.extend(feed_echo(&mut p, std::slice::from_ref(byte)));
+        }
+        assert!(matches!(&actions[..], [Action::Echo(_)]), "{actions:?}");
     }
 
     #[test]
