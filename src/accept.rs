@@ -302,6 +302,7 @@ fn authorize(
     request: &UpgradeRequest,
     peer: Option<SocketAddr>,
 ) -> Result<(Claims, Slot), HandshakeError> {
+    handshake::check_origin(request.origin.as_deref(), &core.config.ws.allowed_origins)?;
     let claims = if core.config.ws.echo {
         echo_claims(peer)
     } else {

@@ -1,13 +1,24 @@
 //! Who may connect and who may push: HS256 client tokens (verified at the
 //! WebSocket upgrade, minted by `corecast token`) and API keys for `/v1/*`.
+//!
+//! Tokens: signature, `exp`, `nbf` (when present) and a cap on the remaining
+//! lifetime (`exp - now`). API keys: compared as HMAC-SHA256 digests under a
+//! per-process random key, in constant time, so neither a key's bytes nor its
+//! length can be learned from answer times.
 
 use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::NAME_BYTES_MAX;
+
+pub use crate::config::TOKEN_TTL_MAX_DEFAULT_MS;
 
 /// The claims of a client token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +47,10 @@ pub enum TokenError {
     BadSignature,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("token lifetime exp - now is over token_ttl_max_ms ({0} ms)")]
+    LifetimeTooLong(u64),
     #[error("token claims are invalid: {0}")]
     BadClaims(String),
 }
@@ -47,6 +62,8 @@ impl TokenError {
             TokenError::Malformed => "token_malformed",
             TokenError::BadSignature => "token_bad_signature",
             TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::LifetimeTooLong(_) => "token_lifetime_too_long",
             TokenError::BadClaims(_) => "token_bad_claims",
         }
     }
@@ -57,6 +74,8 @@ pub struct TokenKeys {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// Longest `exp - now` accepted, in seconds (whole seconds, like `exp`).
+    ttl_max_secs: u64,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -66,15 +85,32 @@ impl std::fmt::Debug for TokenKeys {
 }
 
 impl TokenKeys {
+    /// Keys for `secret`, capping token lifetimes at
+    /// [`TOKEN_TTL_MAX_DEFAULT_MS`] (see [`TokenKeys::with_ttl_max`]).
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Self {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            ttl_max_secs: TOKEN_TTL_MAX_DEFAULT_MS / 1000,
         }
+    }
+
+    /// Keys as `[auth]` configures them: its secret and its
+    /// `token_ttl_max_ms`.
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
+        Self::new(auth.jwt_secret.as_bytes())
+            .with_ttl_max(Duration::from_millis(auth.token_ttl_max_ms))
+    }
+
+    /// Sets the cap on `exp - now` (`[auth] token_ttl_max_ms`).
+    pub fn with_ttl_max(mut self, ttl_max: Duration) -> Self {
+        self.ttl_max_secs = ttl_max.as_secs();
+        self
     }
 
     /// Checks signature, expiry and the claims' shape; `max_rooms` bounds the
@@ -83,6 +119,7 @@ impl TokenKeys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     TokenError::BadSignature
                 }
@@ -96,9 +133,15 @@ impl TokenKeys {
                 _ => TokenError::Malformed,
             })?;
         let claims = data.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.exp.saturating_sub(now) > self.ttl_max_secs {
+            return Err(TokenError::LifetimeTooLong(
+                self.ttl_max_secs.saturating_mul(1000),
+            ));
+        }
         if !valid_name(&claims.sub) {
             return Err(TokenError::BadClaims(format!(
-                "sub must be 1..={NAME_BYTES_MAX} bytes"
+                "sub must be 1..={NAME_BYTES_MAX} bytes with no control character"
             )));
         }
         if let Some(rooms) = &claims.rooms {
@@ -110,7 +153,7 @@ impl TokenKeys {
             }
             if !rooms.iter().all(|r| valid_name(r)) {
                 return Err(TokenError::BadClaims(format!(
-                    "room names must be 1..={NAME_BYTES_MAX} bytes"
+                    "room names must be 1..={NAME_BYTES_MAX} bytes with no control character"
                 )));
             }
         }
@@ -143,43 +186,73 @@ impl TokenKeys {
     }
 }
 
-/// A user, room or device name: non-empty and bounded.
+/// A user or room name: 1..=[`NAME_BYTES_MAX`] bytes and no control
+/// character (C0, DEL, C1), the rule the mesh validator applies too.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= NAME_BYTES_MAX
+    !name.is_empty() && name.len() <= NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
-/// The API keys accepted on `/v1/*`.
+type HmacSha256 = Hmac<Sha256>;
+
+/// The API keys accepted on `/v1/*`, kept as HMAC-SHA256 digests under a
+/// per-process random key: every comparison is between two 32-byte digests,
+/// whatever the lengths of the key and of the guess.
 #[derive(Clone)]
-pub struct ApiKeys(Vec<Vec<u8>>);
+pub struct ApiKeys {
+    mac_key: [u8; 32],
+    digests: Vec<[u8; 32]>,
+}
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys(<{} redacted>)", self.0.len())
+        write!(f, "ApiKeys(<{} redacted>)", self.digests.len())
     }
 }
 
 impl ApiKeys {
     pub fn new(keys: &[String]) -> Self {
-        Self(keys.iter().map(|k| k.as_bytes().to_vec()).collect())
+        let mac_key: [u8; 32] = rand::random();
+        let digests = keys
+            .iter()
+            .map(|k| digest(&mac_key, k.as_bytes()))
+            .collect();
+        Self { mac_key, digests }
     }
 
     /// Checks an `Authorization` header value (`Bearer <key>`) in time that
-    /// does not depend on where a guess differs.
+    /// depends neither on where a guess differs nor on its length.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(key) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
-            return false;
-        };
-        self.0
-            .iter()
-            .fold(false, |ok, known| ok | constant_time_eq(known, key))
+        self.identify(authorization).is_some()
+    }
+
+    /// Which configured key (its index) an `Authorization` header carries.
+    /// Every configured key is compared, with no early exit.
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Option<usize> {
+        let key = authorization.and_then(|h| h.strip_prefix(b"Bearer "))?;
+        let guess = digest(&self.mac_key, key);
+        let mut found = None;
+        for (i, known) in self.digests.iter().enumerate() {
+            if bool::from(known.ct_eq(&guess)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    /// How many keys are configured.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn digest(mac_key: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(mac_key).expect("HMAC takes a key of any length");
+    mac.update(bytes);
+    mac.finalize().into_bytes().into()
 }
 
 /// A random secret or key for a dev node started with no configuration.
@@ -258,9 +331,95 @@ mod tests {
     fn api_keys() {
         let keys = ApiKeys::new(&["k1".into(), "k2".into()]);
         assert!(keys.allows(Some(b"Bearer k2")));
+        assert_eq!(keys.identify(Some(b"Bearer k2")), Some(1));
+        assert_eq!(keys.identify(Some(b"Bearer k1")), Some(0));
         assert!(!keys.allows(Some(b"Bearer k3")));
+        assert!(!keys.allows(Some(b"Bearer k")));
+        assert!(!keys.allows(Some(b"Bearer k11")));
+        assert!(!keys.allows(Some(b"Bearer ")));
         assert!(!keys.allows(Some(b"k1")));
         assert!(!keys.allows(None));
+        assert!(!ApiKeys::new(&[]).allows(Some(b"Bearer k1")));
+    }
+
+    fn signed(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused() {
+        let keys = TokenKeys::new(b"secret");
+        let now = jsonwebtoken::get_current_timestamp();
+        let later = signed(&serde_json::json!({"sub":"a","exp":now + 600,"nbf":now + 300}));
+        assert_eq!(keys.verify(&later, 8), Err(TokenError::NotYetValid));
+        let valid = signed(&serde_json::json!({"sub":"a","exp":now + 600,"nbf":now - 1}));
+        assert_eq!(keys.verify(&valid, 8).unwrap().sub, "a");
+        let bad = signed(&serde_json::json!({"sub":"a","exp":now + 600,"nbf":"soon"}));
+        assert!(matches!(
+            keys.verify(&bad, 8),
+            Err(TokenError::BadClaims(_))
+        ));
+    }
+
+    #[test]
+    fn lifetime_is_capped() {
+        let keys = TokenKeys::new(b"secret").with_ttl_max(Duration::from_secs(3600));
+        let now = jsonwebtoken::get_current_timestamp();
+        let forever = signed(&serde_json::json!({"sub":"a","exp":u64::MAX}));
+        assert_eq!(
+            keys.verify(&forever, 8),
+            Err(TokenError::LifetimeTooLong(3_600_000))
+        );
+        let long = signed(&serde_json::json!({"sub":"a","exp":now + 3700}));
+        assert!(matches!(
+            keys.verify(&long, 8),
+            Err(TokenError::LifetimeTooLong(_))
+        ));
+        let ok = signed(&serde_json::json!({"sub":"a","exp":now + 3500}));
+        assert!(keys.verify(&ok, 8).is_ok());
+        // The default cap admits the CLI's largest documented lifetime.
+        let week = TokenKeys::new(b"secret").mint("a", None, None, parse_ttl("7d").unwrap());
+        assert!(TokenKeys::new(b"secret").verify(&week, 8).is_ok());
+    }
+
+    #[test]
+    fn keys_from_config_take_the_lifetime_cap() {
+        let auth = crate::config::AuthConfig {
+            jwt_secret: "secret".into(),
+            token_ttl_max_ms: 60_000,
+            ..Default::default()
+        };
+        let keys = TokenKeys::from_config(&auth);
+        let hour = keys.mint("a", None, None, Duration::from_secs(3600));
+        assert!(matches!(
+            keys.verify(&hour, 8),
+            Err(TokenError::LifetimeTooLong(60_000))
+        ));
+        let minute = keys.mint("a", None, None, Duration::from_secs(50));
+        assert!(keys.verify(&minute, 8).is_ok());
+    }
+
+    #[test]
+    fn names_refuse_control_characters() {
+        assert!(valid_name("alice"));
+        assert!(valid_name("user:bob/é"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a\nb"));
+        assert!(!valid_name("a\u{0}"));
+        assert!(!valid_name("\u{7f}"));
+        assert!(!valid_name("\u{85}"));
+        assert!(!valid_name(&"x".repeat(NAME_BYTES_MAX + 1)));
+        let keys = TokenKeys::new(b"secret");
+        let token = keys.mint("a\tb", None, None, Duration::from_secs(60));
+        assert!(matches!(
+            keys.verify(&token, 8),
+            Err(TokenError::BadClaims(_))
+        ));
     }
 
     #[test]

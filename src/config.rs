@@ -46,6 +46,12 @@ fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default of `[auth] token_ttl_max_ms`: 7 days. Long enough for every
+/// lifetime the docs and `corecast token --ttl` show (1 h default, `7d` the
+/// largest example), short enough that a token with `exp` far in the future
+/// (or `u64::MAX`, never expiring) is refused.
+pub const TOKEN_TTL_MAX_DEFAULT_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// The whole node configuration, as read from TOML.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,6 +104,10 @@ pub struct WsConfig {
     pub backlog: u32,
     /// Accept `join` for any room, not only the rooms of the token's claim.
     pub free_join: bool,
+    /// Origins (`scheme://host[:port]`, compared without case) allowed to
+    /// upgrade. Empty: any origin, and requests without `Origin` (non-browser
+    /// clients) are always allowed.
+    pub allowed_origins: Vec<String>,
     /// Conformance mode, never for production: every data message is echoed
     /// back and no token is asked for (each connection gets a uid of its
     /// own). Refused unless `listen` is a loopback address.
@@ -110,6 +120,7 @@ impl Default for WsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backlog: 4096,
             free_join: false,
+            allowed_origins: Vec::new(),
             echo: false,
         }
     }
@@ -122,6 +133,19 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// `listen(2)` backlog of each executor's HTTP socket.
     pub backlog: u32,
+    /// Time a client has to send a whole request head, counted from the
+    /// connection's accept or from the first byte of the next request.
+    /// Keep-alive idle between requests is `limits.http_idle_timeout_ms`.
+    pub header_timeout_ms: u64,
+    /// Requests served on one connection; the last one is answered with
+    /// `Connection: close`.
+    pub requests_per_connection_max: u32,
+    /// Age of a connection after which it is closed once its request in
+    /// flight (if any) is answered.
+    pub connection_age_max_ms: u64,
+    /// HTTP connections one source address may hold on one executor; past
+    /// it the connection is answered 503 with `Retry-After` and closed.
+    pub connections_per_address_per_core_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -129,11 +153,15 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             backlog: 1024,
+            header_timeout_ms: 10_000,
+            requests_per_connection_max: 10_000,
+            connection_age_max_ms: 600_000,
+            connections_per_address_per_core_max: 256,
         }
     }
 }
 
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for client tokens. Empty: a random dev secret is made at
@@ -141,6 +169,19 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// API keys accepted on `/v1/*`. Empty: a random dev key is made at start.
     pub api_keys: Vec<String>,
+    /// Longest remaining lifetime (`exp - now`) a client token may have at
+    /// the upgrade; a token past it is refused (401 `token_bad_claims`).
+    pub token_ttl_max_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            api_keys: Vec::new(),
+            token_ttl_max_ms: TOKEN_TTL_MAX_DEFAULT_MS,
+        }
+    }
 }
 
 impl fmt::Debug for AuthConfig {
@@ -151,6 +192,7 @@ impl fmt::Debug for AuthConfig {
                 "api_keys",
                 &format_args!("<{} redacted>", self.api_keys.len()),
             )
+            .field("token_ttl_max_ms", &self.token_ttl_max_ms)
             .finish()
     }
 }
@@ -187,11 +229,23 @@ pub struct LimitsConfig {
     pub send_queue_frames_max: usize,
     /// Bytes waiting in one connection's outbound queue (close 1013 past it).
     pub send_queue_bytes_max: usize,
+    /// Bytes of pushes in flight from one core to another (one way); a
+    /// push that finds the link to a core it needs full is answered 503.
+    pub core_link_bytes_max: usize,
     /// Concurrent HTTP connections per executor on the push API.
     pub http_connections_per_core_max: usize,
     /// An HTTP connection that starts no request for this long is closed
     /// (slow or idle clients cannot pin the push API's connection slots).
+    /// Counted from the connection's last byte, in or out; a request in
+    /// flight is never cut by it.
     pub http_idle_timeout_ms: u64,
+    /// Push requests per second one API key may make on this node (token
+    /// bucket, burst of one second); past it 429 with `Retry-After`. Split
+    /// evenly over the executors. 0: no per-key budget.
+    pub key_pushes_per_sec_max: u32,
+    /// Push requests per second this node accepts from all keys together;
+    /// split evenly over the executors. 0: no node budget.
+    pub node_pushes_per_sec_max: u32,
 }
 
 impl Default for LimitsConfig {
@@ -209,8 +263,11 @@ impl Default for LimitsConfig {
             push_body_bytes_max: 64 * 1024,
             send_queue_frames_max: 256,
             send_queue_bytes_max: 1024 * 1024,
+            core_link_bytes_max: 32 * 1024 * 1024,
             http_connections_per_core_max: 1024,
             http_idle_timeout_ms: 60_000,
+            key_pushes_per_sec_max: 50_000,
+            node_pushes_per_sec_max: 100_000,
         }
     }
 }
@@ -303,12 +360,63 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
         "limits.handshakes_per_address_max",
     ),
+    ("CORECAST_CORE_LINK_BYTES_MAX", "limits.core_link_bytes_max"),
+    (
+        "CORECAST_WS_ALLOWED_ORIGINS",
+        "ws.allowed_origins (comma-separated)",
+    ),
+    ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
+    (
+        "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX",
+        "http.requests_per_connection_max",
+    ),
+    (
+        "CORECAST_HTTP_CONNECTION_AGE_MAX_MS",
+        "http.connection_age_max_ms",
+    ),
+    (
+        "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX",
+        "http.connections_per_address_per_core_max",
+    ),
+    ("CORECAST_TOKEN_TTL_MAX_MS", "auth.token_ttl_max_ms"),
+    (
+        "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX",
+        "limits.http_connections_per_core_max",
+    ),
+    (
+        "CORECAST_KEY_PUSHES_PER_SEC_MAX",
+        "limits.key_pushes_per_sec_max",
+    ),
+    (
+        "CORECAST_NODE_PUSHES_PER_SEC_MAX",
+        "limits.node_pushes_per_sec_max",
+    ),
     (
         "CORECAST_CLIENT_MESSAGE_BYTES_MAX",
         "limits.client_message_bytes_max",
     ),
     ("CORECAST_WS_ECHO", "ws.echo (1/0 or true/false)"),
 ];
+
+/// Checks one `allowed_origins` entry: `http://` or `https://`, a host, an
+/// optional port, and no path, query or user info.
+pub fn parse_allowed_origin(entry: &str) -> Result<(), String> {
+    let rest = entry
+        .strip_prefix("https://")
+        .or_else(|| entry.strip_prefix("http://"))
+        .ok_or_else(|| format!("{entry:?} must start with http:// or https://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty()
+        || rest.chars().any(|c| {
+            matches!(c, '/' | '?' | '#' | '@' | '*') || c.is_whitespace() || c.is_control()
+        })
+    {
+        return Err(format!(
+            "{entry:?} must be scheme://host[:port] with no path, wildcard or user info"
+        ));
+    }
+    Ok(())
+}
 
 fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
 where
@@ -412,8 +520,36 @@ impl Config {
                 "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
                     self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
                 }
+                "CORECAST_CORE_LINK_BYTES_MAX" => {
+                    self.limits.core_link_bytes_max = parse_env(name, &value)?
+                }
                 "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
                     self.limits.handshakes_per_address_max = parse_env(name, &value)?
+                }
+                "CORECAST_WS_ALLOWED_ORIGINS" => self.ws.allowed_origins = split_list(&value),
+                "CORECAST_HTTP_HEADER_TIMEOUT_MS" => {
+                    self.http.header_timeout_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX" => {
+                    self.http.requests_per_connection_max = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_CONNECTION_AGE_MAX_MS" => {
+                    self.http.connection_age_max_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX" => {
+                    self.http.connections_per_address_per_core_max = parse_env(name, &value)?
+                }
+                "CORECAST_TOKEN_TTL_MAX_MS" => {
+                    self.auth.token_ttl_max_ms = parse_env(name, &value)?
+                }
+                "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX" => {
+                    self.limits.http_connections_per_core_max = parse_env(name, &value)?
+                }
+                "CORECAST_KEY_PUSHES_PER_SEC_MAX" => {
+                    self.limits.key_pushes_per_sec_max = parse_env(name, &value)?
+                }
+                "CORECAST_NODE_PUSHES_PER_SEC_MAX" => {
+                    self.limits.node_pushes_per_sec_max = parse_env(name, &value)?
                 }
                 "CORECAST_CLIENT_MESSAGE_BYTES_MAX" => {
                     self.limits.client_message_bytes_max = parse_env(name, &value)?
@@ -494,6 +630,38 @@ impl Config {
         }
         if l.handshakes_per_address_max == 0 {
             return Err(invalid("limits.handshakes_per_address_max", "must be > 0"));
+        }
+        if l.http_connections_per_core_max == 0 {
+            return Err(invalid(
+                "limits.http_connections_per_core_max",
+                "must be >= 1",
+            ));
+        }
+        let http = &self.http;
+        if http.header_timeout_ms == 0 {
+            return Err(invalid("http.header_timeout_ms", "must be > 0"));
+        }
+        if http.requests_per_connection_max == 0 {
+            return Err(invalid("http.requests_per_connection_max", "must be >= 1"));
+        }
+        if http.connection_age_max_ms == 0 {
+            return Err(invalid("http.connection_age_max_ms", "must be > 0"));
+        }
+        if http.connections_per_address_per_core_max == 0 {
+            return Err(invalid(
+                "http.connections_per_address_per_core_max",
+                "must be >= 1",
+            ));
+        }
+        if self.auth.token_ttl_max_ms < 1_000 {
+            return Err(invalid(
+                "auth.token_ttl_max_ms",
+                "must be at least 1000 (token expiry has one-second resolution)",
+            ));
+        }
+        for origin in &self.ws.allowed_origins {
+            parse_allowed_origin(origin)
+                .map_err(|message| invalid("ws.allowed_origins", message))?;
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {
@@ -590,6 +758,65 @@ mod tests {
             .apply_env(|k| (k == "CORECAST_CORES").then(|| "many".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("CORECAST_CORES"), "{err}");
+    }
+
+    #[test]
+    fn hostile_input_settings_have_env_vars() {
+        let mut config = Config::default();
+        let env: HashMap<&str, &str> = [
+            (
+                "CORECAST_WS_ALLOWED_ORIGINS",
+                "https://a.example, http://localhost:3000",
+            ),
+            ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "1500"),
+            ("CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX", "7"),
+            ("CORECAST_HTTP_CONNECTION_AGE_MAX_MS", "9000"),
+            ("CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX", "3"),
+            ("CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX", "5"),
+            ("CORECAST_TOKEN_TTL_MAX_MS", "60000"),
+            ("CORECAST_KEY_PUSHES_PER_SEC_MAX", "11"),
+            ("CORECAST_NODE_PUSHES_PER_SEC_MAX", "0"),
+        ]
+        .into();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.ws.allowed_origins.len(), 2);
+        assert_eq!(config.http.header_timeout_ms, 1500);
+        assert_eq!(config.http.requests_per_connection_max, 7);
+        assert_eq!(config.http.connection_age_max_ms, 9000);
+        assert_eq!(config.http.connections_per_address_per_core_max, 3);
+        assert_eq!(config.limits.http_connections_per_core_max, 5);
+        assert_eq!(config.auth.token_ttl_max_ms, 60_000);
+        assert_eq!(config.limits.key_pushes_per_sec_max, 11);
+        assert_eq!(config.limits.node_pushes_per_sec_max, 0);
+        let mut bad = Config::default();
+        bad.ws.allowed_origins = vec!["*.example".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.http.header_timeout_ms = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.auth.token_ttl_max_ms = 10;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn allowed_origin_entries_are_checked() {
+        assert!(parse_allowed_origin("https://app.example").is_ok());
+        assert!(parse_allowed_origin("http://localhost:3000").is_ok());
+        assert!(parse_allowed_origin("http://localhost:3000/").is_ok());
+        for bad in [
+            "app.example",
+            "https://",
+            "https://a/b",
+            "https://*.example",
+            "ftp://a",
+            "https://u@a",
+        ] {
+            assert!(parse_allowed_origin(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

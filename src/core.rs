@@ -26,6 +26,7 @@ use glommio::net::TcpStream;
 
 use crate::auth::Claims;
 use crate::config::Config;
+use crate::link::{LinkBudget, MESSAGE_OVERHEAD_BYTES};
 use crate::mesh::Received;
 use crate::metrics::{CoreMetrics, CoreSnapshot, latency_histogram};
 use crate::node::{Node, Slot};
@@ -68,6 +69,31 @@ pub enum CoreMsg {
     Snapshot {
         reply: Reply<CoreSnapshot>,
     },
+}
+
+impl CoreMsg {
+    /// What this message counts for on a link's byte budget.
+    pub fn weight(&self) -> usize {
+        match self {
+            CoreMsg::Deliver { push, .. } => push_weight(push),
+            _ => MESSAGE_OVERHEAD_BYTES,
+        }
+    }
+}
+
+/// What a push counts for on a link's byte budget.
+fn push_weight(push: &Push) -> usize {
+    MESSAGE_OVERHEAD_BYTES + push.payload.len() + push.frame.len()
+}
+
+/// Why this node could not take a push: the API answers 503, never a 202
+/// followed by a silent drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Overloaded {
+    #[error("the queue to core {0} is full")]
+    CoreLink(usize),
+    #[error("the cluster mesh's outbound queue is full")]
+    Mesh,
 }
 
 /// Routes what the cluster mesh received to the cores of this node: a room
@@ -201,40 +227,66 @@ impl Core {
         }
     }
 
-    /// Sends `msg` to core `to` (or handles it here when `to` is this core).
+    /// The link from this core to core `to`.
+    fn link_to(&self, to: usize) -> &LinkBudget {
+        self.node.links.between(self.id, to)
+    }
+
+    /// Sends `msg` to core `to` (or handles it here when `to` is this core),
+    /// waiting while the channel is full. For the few messages that are
+    /// not pushes; they count on the link's budget whatever it holds.
     pub async fn send_to(self: &Rc<Self>, to: usize, msg: CoreMsg) {
         if to == self.id {
             self.handle(msg);
-        } else if let Err(e) = self.senders.send_to(to, msg).await {
+            return;
+        }
+        let bytes = msg.weight();
+        self.link_to(to).reserve(bytes);
+        if let Err(e) = self.senders.send_to(to, msg).await {
+            self.link_to(to).release(bytes);
             eprintln!(
-                "corecast: core {} -> core {to}: channel closed: {e}",
+                "corecast: core {} -> core {to}: channel closed: {e:?}",
                 self.id
             );
         }
     }
 
     /// Delivers a push accepted by this node's HTTP API everywhere: local
-    /// cores now, the cluster through the mesh. Returns local recipients.
-    pub async fn push(self: &Rc<Self>, push: Arc<Push>, target: Target) -> u32 {
-        if let Some(mesh) = &self.node.mesh {
-            mesh.publish(
+    /// cores now, the cluster through the mesh. Returns local recipients,
+    /// or [`Overloaded`] (and delivers nothing) when a core this push needs
+    /// or the mesh cannot take it now.
+    pub async fn push(self: &Rc<Self>, push: Arc<Push>, target: Target) -> Result<u32, Overloaded> {
+        let routes = route(&target, self.cores);
+        let bytes = push_weight(&push);
+        // Only this core sends on its links, so room seen here stays.
+        if let Some((full, _)) = routes
+            .iter()
+            .find(|(core, _)| *core != self.id && !self.link_to(*core).has_room(bytes))
+        {
+            return Err(Overloaded::CoreLink(*full));
+        }
+        if let Some(mesh) = &self.node.mesh
+            && !mesh.publish(
                 &push.id,
                 &target,
                 push.kind,
                 &push.payload,
                 push.created_at_us,
-            );
+            )
+        {
+            return Err(Overloaded::Mesh);
         }
-        self.fan_out(push, target).await
+        Ok(self.fan_out(push, routes).await)
     }
 
-    /// Delivers to the cores holding recipients and sums what they did.
-    pub async fn fan_out(self: &Rc<Self>, push: Arc<Push>, target: Target) -> u32 {
-        let routes = route(&target, self.cores);
+    /// Delivers to the cores holding recipients (`routes`, whose links had
+    /// room) and sums what they did.
+    async fn fan_out(self: &Rc<Self>, push: Arc<Push>, routes: Vec<(usize, Target)>) -> u32 {
         let remote = routes.iter().filter(|(core, _)| *core != self.id).count();
         // A reply channel only when another core is involved.
         let replies = (remote > 0).then(|| async_channel::bounded(remote));
         let mut local = 0;
+        let bytes = push_weight(&push);
         for (core, part) in routes {
             if core == self.id {
                 local += self.hub.deliver(&push, &part);
@@ -244,7 +296,13 @@ impl Core {
                     target: part,
                     reply: Some(tx.clone()),
                 };
-                self.send_to(core, msg).await;
+                let link = self.link_to(core);
+                link.reserve(bytes);
+                if self.senders.try_send_to(core, msg).is_err() {
+                    // The link's budget is at most the channel's capacity,
+                    // so only a closed channel (a stopping core) gets here.
+                    link.release(bytes);
+                }
             }
         }
         if let Some((tx, rx)) = replies {

@@ -53,10 +53,11 @@ pub async fn run(
     let hub = Rc::new(Hub::new(id, node));
     let core = Rc::new(Core::new(hub.clone(), senders));
 
-    for (_, receiver) in receivers.streams() {
+    for (peer, receiver) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = receiver.recv().await {
+                core.node.links.between(peer, id).release(msg.weight());
                 core.handle(msg);
             }
         })
@@ -66,6 +67,7 @@ pub async fn run(
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Ok(msg) = foreign.recv().await {
+                core.node.links.from_mesh(id).release(msg.weight());
                 core.handle(msg);
             }
         })

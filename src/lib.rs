@@ -21,6 +21,7 @@
 //! - [`mesh`]: the ZeroMQ PUB/SUB mesh between nodes (rkyv envelopes);
 //! - [`history`]: per-core stream history for resume (not yet wired);
 //! - [`metrics`]: per-core counters and histograms, merged at scrape;
+//! - [`link`]: byte and entry budgets of the queues between threads;
 //! - [`config`] and [`limits`]: every option and every cap, named.
 //!
 //! Data flow, file by file:
@@ -53,6 +54,7 @@ pub mod history;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
+pub mod link;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -22,7 +22,8 @@ use crate::auth::{ApiKeys, TokenKeys};
 use crate::config::Config;
 use crate::core::{CoreMsg, plan_received};
 use crate::executor::ExecutorError;
-use crate::limits::{CORE_CHANNEL_CAPACITY, MESH_CHANNEL_CAPACITY};
+use crate::limits::{CORE_CHANNEL_CAPACITY, MESH_CHANNEL_CAPACITY, MESH_INBOX_BYTES_MAX};
+use crate::link::Links;
 use crate::metrics::CoreMetrics;
 use crate::node::{Capacity, Node};
 use crate::push::id_prefix;
@@ -103,13 +104,19 @@ fn check_fd_limit(max_connections: usize) {
 fn start_mesh(
     config: &Config,
     to_cores: Vec<async_channel::Sender<CoreMsg>>,
+    links: Arc<Links>,
     metrics: Arc<crate::mesh::MeshMetrics>,
 ) -> Result<Option<crate::mesh::MeshHandle>, StartError> {
     use crate::mesh::{DropReason, Received};
     let bridge_metrics = metrics.clone();
     let deliver = Box::new(move |received: Received| {
         for (core, msg) in plan_received(received, to_cores.len()) {
-            if to_cores[core].try_send(msg).is_err() {
+            let inbox = links.from_mesh(core);
+            let bytes = msg.weight();
+            if !inbox.try_reserve(bytes) {
+                bridge_metrics.count_drop(DropReason::DeliverFull, 1);
+            } else if to_cores[core].try_send(msg).is_err() {
+                inbox.release(bytes);
                 bridge_metrics.count_drop(DropReason::DeliverFull, 1);
             }
         }
@@ -174,17 +181,23 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         .map(|_| async_channel::bounded::<CoreMsg>(MESH_CHANNEL_CAPACITY))
         .unzip();
     let mesh_metrics = crate::mesh::new_metrics();
-    let mesh = start_mesh(&config, foreign_tx, mesh_metrics.clone())?;
+    let links = Arc::new(Links::new(
+        cores,
+        (CORE_CHANNEL_CAPACITY, config.limits.core_link_bytes_max),
+        (MESH_CHANNEL_CAPACITY, MESH_INBOX_BYTES_MAX),
+    ));
+    let mesh = start_mesh(&config, foreign_tx, links.clone(), mesh_metrics.clone())?;
     let (drain_trigger, drain_signal) = async_channel::bounded::<()>(1);
     let node = Arc::new(Node {
         node_id: config.cluster.node_id.clone(),
-        tokens: TokenKeys::new(config.auth.jwt_secret.as_bytes()),
+        tokens: TokenKeys::from_config(&config.auth),
         api_keys: ApiKeys::new(&config.auth.api_keys),
         id_prefix: id_prefix(),
         capacity: Capacity::new(config.limits.max_connections),
         draining: AtomicBool::new(false),
         drain_signal,
         core_metrics,
+        links,
         mesh,
         mesh_metrics,
         config: config.clone(),

@@ -50,6 +50,9 @@ pub const CORE_CHANNEL_CAPACITY: usize = 4096;
 /// Envelopes waiting between the executors and the mesh thread, each way.
 pub const MESH_CHANNEL_CAPACITY: usize = 65_536;
 
+/// Bytes waiting in one core's inbox from the mesh thread.
+pub const MESH_INBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
+
 /// Largest WebSocket frame header: 2 bytes, 8 bytes of length, 4 of mask.
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
 

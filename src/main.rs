@@ -115,6 +115,52 @@ fn load(flags: &NodeFlags) -> Result<(Config, DevSecrets), ConfigError> {
     Ok((config, dev))
 }
 
+/// The dev-mode banner: only values this run generated. A configured secret
+/// or key is never printed, and no sample token is minted with a configured
+/// secret (it would be a real credential in the log). `None` when nothing
+/// was generated.
+fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<String> {
+    if !dev.jwt_secret && !dev.api_key {
+        return None;
+    }
+    let mut out = String::from("corecast: dev mode: random secrets for this run only");
+    if dev.jwt_secret {
+        let token = tokens.mint(
+            "alice",
+            None,
+            Some("dev".into()),
+            std::time::Duration::from_secs(3600),
+        );
+        out.push_str(&format!(
+            "\n  CORECAST_JWT_SECRET={}\nconnect a client (token for uid alice, 1 h):\n  \
+             websocat 'ws://{}/ws?token={token}'",
+            config.auth.jwt_secret, config.ws.listen,
+        ));
+    } else {
+        out.push_str(
+            "\n  jwt_secret: configured (not shown); mint client tokens with \
+             `corecast token --uid alice`",
+        );
+    }
+    let key = if dev.api_key {
+        out.push_str(&format!(
+            "\n  CORECAST_API_KEYS={}",
+            config.auth.api_keys[0]
+        ));
+        config.auth.api_keys[0].as_str()
+    } else {
+        out.push_str("\n  api_keys: configured (not shown)");
+        "<your API key>"
+    };
+    out.push_str(&format!(
+        "\npush to alice:\n  \
+         curl -X POST http://{}/v1/push/user/alice -H 'Authorization: Bearer {key}' \
+         -H 'Content-Type: application/json' -d '{{\"data\":{{\"hello\":\"world\"}}}}'",
+        config.http.listen,
+    ));
+    Some(out)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (config, dev) = match load(&cli.node) {
@@ -145,32 +191,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let keys = TokenKeys::new(config.auth.jwt_secret.as_bytes());
+        let ttl_max = std::time::Duration::from_millis(config.auth.token_ttl_max_ms);
+        if ttl > ttl_max {
+            eprintln!(
+                "corecast: --ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
+                 the node would refuse the token"
+            );
+            return ExitCode::from(2);
+        }
+        let keys = TokenKeys::from_config(&config.auth);
         println!("{}", keys.mint(&uid, rooms, device, ttl));
         return ExitCode::SUCCESS;
     }
     let result = corecast::lifecycle::run(config, |config, node| {
-        if dev.jwt_secret || dev.api_key {
-            let token = node.tokens.mint(
-                "alice",
-                None,
-                Some("dev".into()),
-                std::time::Duration::from_secs(3600),
-            );
-            println!(
-                "corecast: dev mode: random secrets for this run only\n  \
-                 CORECAST_JWT_SECRET={}\n  CORECAST_API_KEYS={}\n\
-                 connect a client (token for uid alice, 1 h):\n  \
-                 websocat 'ws://{}/ws?token={token}'\n\
-                 push to alice:\n  \
-                 curl -X POST http://{}/v1/push/user/alice -H 'Authorization: Bearer {}' \
-                 -H 'Content-Type: application/json' -d '{{\"data\":{{\"hello\":\"world\"}}}}'",
-                config.auth.jwt_secret,
-                config.auth.api_keys[0],
-                config.ws.listen,
-                config.http.listen,
-                config.auth.api_keys[0],
-            );
+        if let Some(banner) = dev_banner(config, &node.tokens, &dev) {
+            println!("{banner}");
         }
         println!(
             "corecast: ready node_id={} ws={} http={} cores={}",

@@ -72,6 +72,11 @@ labelled_enum!(
         SendQueue => "send_queue",
         HandshakesInFlight => "handshakes_in_flight",
         HandshakesPerAddress => "handshakes_per_address",
+        HttpConnectionsPerAddress => "http_connections_per_address",
+        HttpHeaderTimeout => "http_header_timeout",
+        HttpIdleTimeout => "http_idle_timeout",
+        KeyPushBudget => "key_push_budget",
+        NodePushBudget => "node_push_budget",
     }
 );
 
@@ -199,7 +204,7 @@ pub struct NodeFacts {
 pub struct NodeCollector {
     pub facts: NodeFacts,
     pub cores: Vec<Arc<CoreMetrics>>,
-    pub snapshots: Vec<CoreSnapshot>,
+    pub snapshots: Arc<Vec<CoreSnapshot>>,
 }
 
 fn load(v: &AtomicU64) -> u64 {
@@ -436,7 +441,7 @@ impl Collector for NodeCollector {
             }
         }
         let mut merged = latency_histogram();
-        for snapshot in &self.snapshots {
+        for snapshot in self.snapshots.iter() {
             merged.add(&snapshot.push_latency_us).ok();
         }
         encode_latency_histogram(
@@ -480,10 +485,10 @@ mod tests {
                 ready: true,
             },
             cores: vec![core],
-            snapshots: vec![CoreSnapshot {
+            snapshots: Arc::new(vec![CoreSnapshot {
                 push_latency_us: hist,
                 busy_seconds: 1.5,
-            }],
+            }]),
         })]);
         for needle in [
             "corecast_handshakes_total{outcome=\"unauthorized\"} 1",

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::auth::{ApiKeys, TokenKeys};
 use crate::config::Config;
+use crate::link::Links;
 use crate::mesh::{MeshHandle, MeshMetrics};
 use crate::metrics::CoreMetrics;
 
@@ -29,6 +30,8 @@ pub struct Node {
     /// core at once with no polling.
     pub drain_signal: async_channel::Receiver<()>,
     pub core_metrics: Vec<Arc<CoreMetrics>>,
+    /// The budgets of the queues between cores and from the mesh thread.
+    pub links: Arc<Links>,
     pub mesh: Option<MeshHandle>,
     pub mesh_metrics: Arc<MeshMetrics>,
 }

@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(used > 0 && at + used <= data.len());
                 assert!(frame.payload.len() <= MAX.max(CONTROL_PAYLOAD_BYTES_MAX));
                 let _ = message::parse(frame.payload);
-                let _ = parse_close(frame.payload);
+                if let Ok(Some(code)) = parse_close(frame.payload) {
+                    assert!(corecast::ws::frame::valid_close_code(code));
+                }
                 at += used;
             }
             Ok(None) => break,

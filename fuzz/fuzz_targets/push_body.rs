@@ -1,10 +1,13 @@
 //! The push-body parser on arbitrary bytes for each media type and batch
 //! flag: never panics; a JSON payload is itself valid JSON; a text payload
-//! is UTF-8; a batch always carries a uid list.
+//! is UTF-8; a batch always carries a uid list of 1..=BATCH_USERS_MAX
+//! distinct valid names.
 #![no_main]
 
 use bytes::Bytes;
+use corecast::auth::valid_name;
 use corecast::http::body::parse_content;
+use corecast::limits::BATCH_USERS_MAX;
 use corecast::push::ContentKind;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
             ContentKind::Binary => assert_eq!(&content.payload[..], body),
         }
         if batch {
-            assert!(content.uids.is_some());
+            let uids = content.uids.expect("a batch carries uids");
+            assert!((1..=BATCH_USERS_MAX).contains(&uids.len()));
+            assert!(uids.iter().all(|u| valid_name(u)));
+            let distinct: std::collections::HashSet<&String> = uids.iter().collect();
+            assert_eq!(distinct.len(), uids.len());
         }
     }
 });

@@ -1,31 +1,50 @@
 //! The push API and the operational endpoints, as DESIGN section 4 states
-//! them: routes, API-key check, body parsing into a [`Push`], and JSON
-//! answers and errors.
+//! them: routes (path segments strictly percent-decoded), API-key check,
+//! push budgets (429), body parsing into a [`Push`], JSON answers and
+//! errors, and the `/metrics` scrape with its per-core snapshot cache.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::HttpCore;
 use super::body::{BodyError, Content};
+use super::budget::OverBudget;
 use crate::auth::valid_name;
 use crate::core::Core;
-use crate::limits::BATCH_USERS_MAX;
-use crate::metrics::{Limit, PushKind, Route};
+use crate::limits::NAME_BYTES_MAX;
+use crate::metrics::{CoreSnapshot, Limit, PushKind, Route};
 use crate::push::{Push, Target, unix_micros};
+
+/// How long one core reuses the per-core snapshots (latency histograms,
+/// busy time) of its last scrape: a scrape storm costs the other cores at
+/// most one snapshot each per second. Counters are read fresh every time.
+pub const SCRAPE_CACHE_MS: u64 = 1_000;
+
+/// What a scrape served from the cache waits on the reactor.
+const SCRAPE_YIELD: Duration = Duration::from_micros(1);
 
 type Answer = Response<Full<Bytes>>;
 
-/// A refused request: status, machine code, human message.
+/// A refused request: status, machine code, human message, and for 429 the
+/// seconds to wait.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after_secs: Option<u64>,
 }
+
+/// `Retry-After` of a 503 "overloaded": queues drain within milliseconds.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -33,6 +52,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -40,12 +60,74 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    fn over_budget(over: OverBudget) -> Self {
+        let (code, message) = match over {
+            OverBudget::Key { .. } => (
+                "key_over_budget",
+                "this API key is over limits.key_pushes_per_sec_max on this node",
+            ),
+            OverBudget::Node { .. } => (
+                "node_over_budget",
+                "this node is over limits.node_pushes_per_sec_max",
+            ),
+        };
+        Self {
+            retry_after_secs: Some(over.retry_after_secs()),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
     fn into_response(self) -> Answer {
-        json(
+        let mut answer = json(
             self.status,
             &serde_json::json!({"error": {"code": self.code, "message": self.message}}),
-        )
+        );
+        if let Some(secs) = self.retry_after_secs {
+            answer
+                .headers_mut()
+                .insert(RETRY_AFTER, hyper::header::HeaderValue::from(secs));
+        }
+        answer
     }
+}
+
+/// One core's last scrape snapshots and when they were taken.
+#[derive(Default)]
+pub struct ScrapeCache {
+    taken: Cell<Option<Instant>>,
+    snapshots: RefCell<Arc<Vec<CoreSnapshot>>>,
+}
+
+/// A path segment that is not valid percent-encoded UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("a '%' is not followed by two hex digits")]
+    BadEscape,
+    #[error("the decoded bytes are not UTF-8")]
+    NotUtf8,
+}
+
+/// Decodes one path segment, refusing (rather than replacing) a bad escape
+/// or bytes that are not UTF-8, so that two distinct raw segments never
+/// decode to the same name.
+pub fn decode_segment(raw: &str) -> Result<String, SegmentError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                return Err(SegmentError::BadEscape);
+            };
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SegmentError::NotUtf8)
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Answer {
@@ -65,22 +147,27 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 }
 
 /// Answers one HTTP request.
-pub async fn handle(core: Rc<Core>, req: Request<Incoming>) -> Answer {
+pub async fn handle(core: Rc<Core>, http: Rc<HttpCore>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
-    let segments: Vec<String> = path
+    let decoded: Vec<Result<String, SegmentError>> = path
         .trim_start_matches('/')
         .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(decode_segment)
         .collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let segments: Vec<&str> = decoded
+        .iter()
+        .map(|s| s.as_ref().map_or("", String::as_str))
+        .collect();
     let route = route_of(&segments);
-    let answer = match dispatch(&core, req, route, &segments).await {
-        Ok(answer) => answer,
-        Err(error) => error.into_response(),
+    let answer = match decoded.iter().find_map(|s| s.as_ref().err()) {
+        Some(error) if route != Route::Other => ApiError::bad_request(format!(
+            "path segment is not valid percent-encoding: {error}"
+        ))
+        .into_response(),
+        _ => match dispatch(&core, &http, req, route, &segments).await {
+            Ok(answer) => answer,
+            Err(error) => error.into_response(),
+        },
     };
     core.metrics.http(route, answer.status().as_u16());
     answer
@@ -115,6 +202,7 @@ fn method_is(req: &Request<Incoming>, allowed: &[Method]) -> Result<(), ApiError
 
 async fn dispatch(
     core: &Rc<Core>,
+    http: &HttpCore,
     req: Request<Incoming>,
     route: Route,
     segments: &[&str],
@@ -134,7 +222,7 @@ async fn dispatch(
         }
         Route::Metrics => {
             method_is(&req, &[Method::GET])?;
-            let body = scrape(core).await;
+            let body = scrape(core, &http.scrape).await;
             return Ok(text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -151,13 +239,14 @@ async fn dispatch(
         _ => {}
     }
     let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    if !core.node.api_keys.allows(authorization) {
+    let Some(key) = core.node.api_keys.identify(authorization) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or unknown API key (Authorization: Bearer <key>)",
         ));
-    }
+    };
+    let pusher = Pusher { core, http, key };
     match (route, segments) {
         (Route::Presence, [_, _, uid]) => {
             method_is(&req, &[Method::GET])?;
@@ -179,14 +268,18 @@ async fn dispatch(
         }
         (Route::PushUser, [_, _, _, uid]) => {
             let target = Target::User(name(uid, "uid")?);
-            push(core, req, target, PushKind::User).await
+            push(&pusher, req, target, PushKind::User).await
         }
         (Route::PushRoom, [_, _, _, room]) => {
             let target = Target::Room(name(room, "room")?);
-            push(core, req, target, PushKind::Room).await
+            push(&pusher, req, target, PushKind::Room).await
         }
-        (Route::PushBroadcast, _) => push(core, req, Target::Broadcast, PushKind::Broadcast).await,
-        (Route::PushUsers, _) => push(core, req, Target::Users(Vec::new()), PushKind::Users).await,
+        (Route::PushBroadcast, _) => {
+            push(&pusher, req, Target::Broadcast, PushKind::Broadcast).await
+        }
+        (Route::PushUsers, _) => {
+            push(&pusher, req, Target::Users(Vec::new()), PushKind::Users).await
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -200,7 +293,7 @@ fn name(raw: &str, what: &str) -> Result<String, ApiError> {
         Ok(raw.to_string())
     } else {
         Err(ApiError::bad_request(format!(
-            "{what} must be 1..=256 bytes"
+            "{what} must be 1..={NAME_BYTES_MAX} bytes with no control character"
         )))
     }
 }
@@ -252,17 +345,53 @@ async fn read_body(core: &Core, req: Request<Incoming>) -> Result<(String, Bytes
         return Err(too_big());
     }
     let media = media_type(&req);
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_big()
-            } else {
-                ApiError::bad_request(format!("could not read the body: {e}"))
+    // The watchdog never cuts a request in flight, so the body read has
+    // its own idle limit: a client that stops sending its body is answered
+    // 408 instead of holding the connection.
+    let idle = Duration::from_millis(core.config.limits.http_idle_timeout_ms);
+    let mut body = Limited::new(req.into_body(), max);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let next = futures_lite::future::or(async { Some(body.frame().await) }, async {
+            glommio::timer::sleep(idle).await;
+            None
+        })
+        .await;
+        let frame = match next {
+            None => {
+                core.metrics.refused(Limit::HttpIdleTimeout);
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "no body bytes for http_idle_timeout_ms ({} ms)",
+                        idle.as_millis()
+                    ),
+                ));
             }
-        })?
-        .to_bytes();
+            Some(None) => break,
+            Some(Some(frame)) => frame.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_big()
+                } else {
+                    ApiError::bad_request(format!("could not read the body: {e}"))
+                }
+            })?,
+        };
+        if let Ok(data) = frame.into_data() {
+            chunks.push(data);
+        }
+    }
+    let body = match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for chunk in &chunks {
+                all.extend_from_slice(chunk);
+            }
+            all.freeze()
+        }
+    };
     Ok((media, body))
 }
 
@@ -277,31 +406,44 @@ fn parse_content(media: &str, body: Bytes, batch: bool) -> Result<Content, ApiEr
     })
 }
 
+/// Who is pushing: the core and its HTTP state, and the index of the API
+/// key the request carries.
+struct Pusher<'a> {
+    core: &'a Rc<Core>,
+    http: &'a HttpCore,
+    key: usize,
+}
+
 async fn push(
-    core: &Rc<Core>,
+    pusher: &Pusher<'_>,
     req: Request<Incoming>,
     target: Target,
     kind: PushKind,
 ) -> Result<Answer, ApiError> {
+    let core = pusher.core;
     method_is(&req, &[Method::POST])?;
     refuse_while_draining(core)?;
     let batch = kind == PushKind::Users;
     let (media, body) = read_body(core, req).await?;
+    // The budget is taken after the body is read, so the 429 reaches a
+    // client that is still sending (no reset), and before any parsing.
+    pusher
+        .http
+        .budgets
+        .borrow_mut()
+        .admit(pusher.key, Instant::now())
+        .map_err(|over| {
+            core.metrics.refused(match over {
+                OverBudget::Key { .. } => Limit::KeyPushBudget,
+                OverBudget::Node { .. } => Limit::NodePushBudget,
+            });
+            ApiError::over_budget(over)
+        })?;
     let content = parse_content(&media, body, batch)?;
     let target = match (target, content.uids) {
-        (Target::Users(_), Some(uids)) => {
-            if uids.is_empty() || uids.len() > BATCH_USERS_MAX {
-                return Err(ApiError::bad_request(format!(
-                    "uids must list 1..={BATCH_USERS_MAX} users"
-                )));
-            }
-            if let Some(bad) = uids.iter().find(|u| !valid_name(u)) {
-                return Err(ApiError::bad_request(format!(
-                    "uid {bad:?} must be 1..=256 bytes"
-                )));
-            }
-            Target::Users(uids)
-        }
+        // body.rs checked the list while parsing: 1..=BATCH_USERS_MAX
+        // valid, distinct names.
+        (Target::Users(_), Some(uids)) => Target::Users(uids),
         (target, _) => target,
     };
     let id = core.ids.next_id();
@@ -313,12 +455,42 @@ async fn push(
         unix_micros(),
     );
     core.metrics.push(kind);
-    let recipients = core.push(push, target).await;
-    Ok(accepted(&id, recipients))
+    match core.push(push, target).await {
+        Ok(recipients) => Ok(accepted(&id, recipients)),
+        Err(overloaded) => Err(ApiError {
+            retry_after_secs: Some(OVERLOADED_RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("the node cannot take this push now ({overloaded}); retry shortly"),
+            )
+        }),
+    }
 }
 
-async fn scrape(core: &Rc<Core>) -> String {
-    let snapshots = core.snapshots().await;
+/// This core's snapshots of every core, taken at most once per
+/// [`SCRAPE_CACHE_MS`].
+async fn cached_snapshots(core: &Rc<Core>, cache: &ScrapeCache) -> Arc<Vec<CoreSnapshot>> {
+    let fresh = cache
+        .taken
+        .get()
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(SCRAPE_CACHE_MS));
+    if fresh {
+        // Nothing to wait for: wait on the reactor anyway (a timer that is
+        // due at once), so that scrapes pipelined on one connection let this
+        // core's accepts, reads and deliveries in between; a plain task
+        // yield does not poll the reactor (measured: pushes waited ~100 ms).
+        glommio::timer::sleep(SCRAPE_YIELD).await;
+    } else {
+        let snapshots = Arc::new(core.snapshots().await);
+        *cache.snapshots.borrow_mut() = snapshots;
+        cache.taken.set(Some(Instant::now()));
+    }
+    cache.snapshots.borrow().clone()
+}
+
+async fn scrape(core: &Rc<Core>, cache: &ScrapeCache) -> String {
+    let snapshots = cached_snapshots(core, cache).await;
     let node = &core.node;
     let collector = crate::metrics::NodeCollector {
         facts: crate::metrics::NodeFacts {
@@ -333,4 +505,37 @@ async fn scrape(core: &Rc<Core>) -> String {
         vec![Box::new(collector)];
     collectors.extend(crate::mesh::collectors(&node.mesh_metrics));
     crate::metrics::render(collectors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode_strictly() {
+        assert_eq!(decode_segment("alice").unwrap(), "alice");
+        assert_eq!(decode_segment("a%20b%2Fc").unwrap(), "a b/c");
+        assert_eq!(decode_segment("%C3%A9").unwrap(), "é");
+        assert_eq!(decode_segment("").unwrap(), "");
+        assert_eq!(decode_segment("%FF"), Err(SegmentError::NotUtf8));
+        assert_eq!(decode_segment("%FE"), Err(SegmentError::NotUtf8));
+        assert_eq!(decode_segment("%C3"), Err(SegmentError::NotUtf8));
+        assert_eq!(decode_segment("%"), Err(SegmentError::BadEscape));
+        assert_eq!(decode_segment("%4"), Err(SegmentError::BadEscape));
+        assert_eq!(decode_segment("%ZZ"), Err(SegmentError::BadEscape));
+        assert_eq!(decode_segment("a%+1"), Err(SegmentError::BadEscape));
+        // Decoded control characters are left to the name check.
+        assert_eq!(decode_segment("a%0Ab").unwrap(), "a\nb");
+        assert!(!valid_name(&decode_segment("a%0Ab").unwrap()));
+    }
+
+    #[test]
+    fn over_budget_answers_429_with_retry_after() {
+        let answer = ApiError::over_budget(OverBudget::Key {
+            retry_after: Duration::from_millis(1500),
+        })
+        .into_response();
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(answer.headers()[RETRY_AFTER], "2");
+    }
 }

@@ -20,6 +20,7 @@ use futures_lite::AsyncWrite;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
+use crate::node::Slot;
 use crate::session::disconnect::DisconnectReason;
 use crate::ws::frame;
 
@@ -122,6 +123,10 @@ pub struct Channel {
     /// When the connection's token expires, Unix seconds: the heartbeat
     /// wheel closes it with 4003 then (`u32::MAX`: never).
     pub expires_at_s: u32,
+    /// The node's connection slot, released when the channel is dropped
+    /// (held here, not in the task, because the channel's allocation has
+    /// room for it in the same malloc size class).
+    pub slot: Option<Slot>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -156,6 +161,7 @@ impl Channel {
             last_seen_tick: Cell::new(tick),
             last_ping_tick: Cell::new(tick),
             expires_at_s: u32::MAX,
+            slot: None,
         }
     }
 

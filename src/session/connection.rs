@@ -29,8 +29,9 @@ use crate::ws::message::MessageError;
 const READS_PER_POLL: usize = 16;
 
 /// Opens an authenticated connection on its home core: adds it to the hub
-/// (which queues the 101) and starts its task, which holds `slot` until the
-/// connection ends. While the node drains it is refused with 503 instead.
+/// (which queues the 101) and starts its task; `slot` is held until the
+/// connection's channel is dropped. While the node drains it is refused
+/// with 503 instead.
 pub fn open(hub: &Rc<Hub>, stream: TcpStream, claims: Claims, accept: &str, slot: Slot) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     if hub.is_draining() {
@@ -42,13 +43,12 @@ pub fn open(hub: &Rc<Hub>, stream: TcpStream, claims: Claims, accept: &str, slot
         hub.metrics.handshake(HandshakeOutcome::OverCapacity);
         return;
     }
-    let channel = hub.add(fd, claims, accept);
+    let channel = hub.add(fd, claims, accept, slot);
     let task = Connection {
         protocol: Protocol::new(hub.tick()),
         hub: hub.clone(),
         channel,
         stream,
-        _slot: slot,
     };
     glommio::spawn_local(task).detach();
 }
@@ -59,8 +59,6 @@ pub struct Connection {
     channel: Rc<Channel>,
     stream: TcpStream,
     protocol: Protocol,
-    /// The node's connection slot, released when the task ends.
-    _slot: Slot,
 }
 
 impl Connection {

@@ -19,7 +19,7 @@ use crate::auth::Claims;
 use crate::config::Config;
 use crate::limits::{DRAIN_STEPS, READ_BUFFER_BYTES, READ_BUFFER_POOL_MAX, TICK_MS};
 use crate::metrics::{CoreMetrics, HandshakeOutcome, Limit, latency_histogram};
-use crate::node::Node;
+use crate::node::{Node, Slot};
 use crate::push::{Push, Target};
 use crate::session::channel::{Channel, QueueCaps, TokenExtras};
 use crate::session::disconnect::DisconnectReason;
@@ -161,8 +161,9 @@ impl Hub {
     /// Adds an authenticated connection whose home is this core: queues
     /// its 101 answer first, evicts the user's oldest channel past
     /// `max_channels_per_user`, joins the token's rooms and schedules its
-    /// first ping. The caller starts the connection's task.
-    pub fn add(&self, fd: RawFd, claims: Claims, accept: &str) -> Rc<Channel> {
+    /// first ping. The channel holds `slot` until it is dropped. The caller
+    /// starts the connection's task.
+    pub fn add(&self, fd: RawFd, claims: Claims, accept: &str, slot: Slot) -> Rc<Channel> {
         let id = self.next_channel_id.get();
         self.next_channel_id.set(id + 1);
         let tick = self.tick();
@@ -185,6 +186,7 @@ impl Hub {
             tick,
         );
         channel.expires_at_s = u32::try_from(claims.exp).unwrap_or(u32::MAX);
+        channel.slot = Some(slot);
         let channel = Rc::new(channel);
         // The 101 goes out before anything else can be sent to the channel.
         channel.send(

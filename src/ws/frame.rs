@@ -152,7 +152,7 @@ pub enum FrameError {
     BadFragment,
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
-    #[error("close code {0} may not be sent (RFC 6455 section 7.4)")]
+    #[error("close code {0} may not be sent by an endpoint (RFC 6455 section 7.4)")]
     BadCloseCode(u16),
     #[error("malformed frame header")]
     Malformed,
@@ -233,16 +233,6 @@ pub fn decode_client_frame(
     )))
 }
 
-/// Whether a peer may send close code `code` (RFC 6455 section 7.4): the
-/// codes defined for the protocol (1000-1003, 1007-1011), those IANA
-/// registered since (1012-1014), and the ranges for libraries and
-/// applications (3000-4999). 1004 is reserved; 1005, 1006 and 1015 must
-/// never be on the wire; 0-999, the rest of 1016-2999 and 5000 up are not
-/// assigned.
-pub fn close_code_is_valid(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 /// The start of a client frame whose payload has not all arrived.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CutFrame<'a> {
@@ -267,15 +257,24 @@ pub fn cut_client_frame(buf: &[u8]) -> Option<CutFrame<'_>> {
     })
 }
 
-/// Splits a close frame payload into code and reason; a code that may not
-/// be sent or a reason that is not UTF-8 breaks the protocol.
+/// Whether a peer may send `code` in a close frame (RFC 6455 section 7.4):
+/// the codes defined in 7.4.1 and registered with IANA (1000-1003,
+/// 1007-1014), and the ranges for libraries (3000-3999) and applications
+/// (4000-4999). Refused: 0-999, 1004 (reserved), 1005, 1006 and 1015 (never
+/// on the wire), unassigned 1016-2999, and 5000 and up.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Splits a close frame payload into code and reason; a code a peer may
+/// not send is [`FrameError::BadCloseCode`] (close 1002).
 pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, FrameError> {
     match payload.len() {
         0 => Ok(None),
         1 => Err(FrameError::Malformed),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !close_code_is_valid(code) {
+            if !valid_close_code(code) {
                 return Err(FrameError::BadCloseCode(code));
             }
             std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
@@ -413,28 +412,31 @@ mod tests {
     }
 
     #[test]
-    fn close_codes_follow_rfc_6455_section_7_4() {
+    fn close_codes_per_rfc_6455_section_7_4() {
         for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1014, 3000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
         ] {
-            assert!(close_code_is_valid(code), "{code}");
-            let payload = code.to_be_bytes();
-            assert_eq!(parse_close(&payload), Ok(Some(code)));
+            assert!(valid_close_code(code), "{code}");
+        }
+        for code in [3000, 3999, 4000, 4001, 4999] {
+            assert!(valid_close_code(code), "{code}");
         }
         for code in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
         ] {
-            assert!(!close_code_is_valid(code), "{code}");
-            let error = parse_close(&code.to_be_bytes()).unwrap_err();
+            assert!(!valid_close_code(code), "{code}");
+            let payload = [&code.to_be_bytes()[..], b"bye"].concat();
+            let error = parse_close(&payload).unwrap_err();
             assert_eq!(error, FrameError::BadCloseCode(code));
             assert_eq!(error.close_code(), CloseCode::Protocol);
         }
-        assert_eq!(parse_close(b""), Ok(None));
-        assert_eq!(parse_close(b"\x03"), Err(FrameError::Malformed));
+        assert_eq!(parse_close(&[0x03, 0xe8]), Ok(Some(1000)));
+        assert_eq!(parse_close(&[0x0f, 0xa1, b'o', b'k']), Ok(Some(4001)));
+        assert_eq!(parse_close(&[]), Ok(None));
+        assert_eq!(parse_close(&[0x03]), Err(FrameError::Malformed));
         assert_eq!(
-            parse_close(b"\x03\xe8\xff"),
-            Err(FrameError::InvalidUtf8),
-            "a reason that is not UTF-8"
+            parse_close(&[0x03, 0xe8, 0xff]),
+            Err(FrameError::InvalidUtf8)
         );
     }
 

@@ -1,6 +1,7 @@
 //! The WebSocket upgrade request, with no sockets: bytes in, an
 //! [`UpgradeRequest`] or a [`HandshakeError`] with its HTTP status out, and
-//! the exact response bytes to write back.
+//! the exact response bytes to write back. [`check_origin`] is the
+//! `[ws] allowed_origins` rule, also with no sockets.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -19,6 +20,8 @@ pub struct UpgradeRequest {
     pub accept: String,
     /// The token from `?token=` or `Authorization: Bearer`.
     pub token: Option<String>,
+    /// The `Origin` header (browsers send it; other clients usually not).
+    pub origin: Option<String>,
 }
 
 /// Why a handshake was refused; each maps to an HTTP status, a JSON error
@@ -43,6 +46,8 @@ pub enum HandshakeError {
     Draining,
     #[error("handshake not finished within the timeout")]
     Timeout,
+    #[error("origin {0:?} is not in allowed_origins")]
+    OriginNotAllowed(String),
     #[error("too many handshakes in progress{0}; retry shortly")]
     Busy(&'static str),
 }
@@ -63,6 +68,7 @@ impl HandshakeError {
                 (503, "Service Unavailable")
             }
             HandshakeError::Timeout => (408, "Request Timeout"),
+            HandshakeError::OriginNotAllowed(_) => (403, "Forbidden"),
         }
     }
 
@@ -78,6 +84,7 @@ impl HandshakeError {
             HandshakeError::OverCapacity => "over_capacity",
             HandshakeError::Draining => "draining",
             HandshakeError::Timeout => "handshake_timeout",
+            HandshakeError::OriginNotAllowed(_) => "origin_not_allowed",
             HandshakeError::Busy(_) => "busy",
         }
     }
@@ -90,7 +97,8 @@ impl HandshakeError {
             HandshakeError::Malformed(_)
             | HandshakeError::NotWebSocket(_)
             | HandshakeError::MethodNotAllowed
-            | HandshakeError::NotFound => O::BadRequest,
+            | HandshakeError::NotFound
+            | HandshakeError::OriginNotAllowed(_) => O::BadRequest,
             HandshakeError::Unauthorized(_) => O::Unauthorized,
             HandshakeError::OverCapacity | HandshakeError::Draining | HandshakeError::Busy(_) => {
                 O::OverCapacity
@@ -193,11 +201,46 @@ pub fn parse_upgrade(
                 .and_then(|t| std::str::from_utf8(t.trim_ascii()).ok())
                 .map(str::to_string)
         });
+    let origin = header("origin")
+        .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
+        .map(str::to_string);
     Ok(Some(UpgradeRequest {
         accept: accept_key(key.trim_ascii()),
         token,
+        origin,
     }))
 }
+
+/// `[ws] allowed_origins`: with an empty list every request passes; else a
+/// request that carries `Origin` passes only if it is in the list (ASCII
+/// case-insensitive; `null` never matches). A request without `Origin` is
+/// not from a browser page (browsers always send it on a WebSocket
+/// upgrade), so cross-site hijacking does not apply to it and it passes.
+pub fn check_origin(origin: Option<&str>, allowed: &[String]) -> Result<(), HandshakeError> {
+    let Some(origin) = origin else {
+        return Ok(());
+    };
+    if allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        let mut shown = origin.to_string();
+        if shown.len() > ORIGIN_SHOWN_BYTES_MAX {
+            let mut end = ORIGIN_SHOWN_BYTES_MAX;
+            while !shown.is_char_boundary(end) {
+                end -= 1;
+            }
+            shown.truncate(end);
+        }
+        Err(HandshakeError::OriginNotAllowed(shown))
+    }
+}
+
+/// Bytes of a refused `Origin` echoed in the 403 body.
+const ORIGIN_SHOWN_BYTES_MAX: usize = 128;
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 section 4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
@@ -287,6 +330,39 @@ mod tests {
             parse_upgrade(&request("/ws", &many), 1 << 20),
             Err(HandshakeError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn origin_is_read_and_checked() {
+        let up = parse_upgrade(&request("/ws", "Origin: https://app.example\r\n"), 8192)
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.origin.as_deref(), Some("https://app.example"));
+        let allowed = vec![
+            "https://app.example".to_string(),
+            "http://localhost:3000/".into(),
+        ];
+        assert_eq!(check_origin(up.origin.as_deref(), &allowed), Ok(()));
+        assert_eq!(check_origin(Some("HTTPS://APP.example"), &allowed), Ok(()));
+        assert_eq!(
+            check_origin(Some("http://localhost:3000"), &allowed),
+            Ok(())
+        );
+        assert_eq!(check_origin(None, &allowed), Ok(()));
+        assert_eq!(check_origin(Some("https://evil.example"), &[]), Ok(()));
+        for bad in [
+            "https://evil.example",
+            "null",
+            "https://app.example.evil",
+            "http://app.example",
+        ] {
+            let error = check_origin(Some(bad), &allowed).unwrap_err();
+            assert_eq!(error.status().0, 403, "{bad}");
+            assert_eq!(error.code(), "origin_not_allowed");
+        }
+        let long = "x".repeat(10_000);
+        let error = check_origin(Some(&long), &allowed).unwrap_err();
+        assert!(error.response().len() < 1024);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum MessageError {
     BadJson,
     #[error("unknown message type")]
     UnknownType,
-    #[error("room name must be 1..=256 bytes")]
+    #[error("room name must be 1..=256 bytes with no control character")]
     BadRoom,
     #[error("room not permitted by the token")]
     Forbidden,
@@ -89,8 +89,12 @@ mod tests {
             Ok(ClientMessage::Join("a".into()))
         );
         assert_eq!(
+            parse(br#"{"room":"b\u00e9","type":"leave"}"#),
+            Ok(ClientMessage::Leave("bé".into()))
+        );
+        assert_eq!(
             parse(br#"{"room":"b\n","type":"leave"}"#),
-            Ok(ClientMessage::Leave("b\n".into()))
+            Err(MessageError::BadRoom)
         );
     }
 
