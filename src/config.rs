@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
+/// Shortest accepted `cluster.mesh_key`, in bytes (the shared secret the
+/// mesh's CURVE key pair is derived from; see `crate::mesh::curve`).
+pub const MESH_KEY_BYTES_MIN: usize = 32;
+
 /// A configuration that cannot be loaded or does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,6 +34,12 @@ pub enum ConfigError {
     },
     #[error("invalid value for {name}: {message}")]
     Invalid { name: &'static str, message: String },
+    #[error(
+        "cluster.mesh_key (CORECAST_MESH_KEY) is {len} bytes: a mesh key must be at least \
+         {min} bytes (e.g. `openssl rand -base64 48`)",
+        min = MESH_KEY_BYTES_MIN
+    )]
+    MeshKeyTooShort { len: usize },
     /// `[ws] echo` turns tokens off: it is refused on any listener a remote
     /// host could reach.
     #[error(
@@ -290,7 +300,7 @@ impl Default for HeartbeatConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's name in the cluster; empty: derived from the host name and
@@ -300,6 +310,29 @@ pub struct ClusterConfig {
     pub mesh_listen: String,
     /// Every peer's PUB address. A node may list itself: it is ignored.
     pub mesh_peers: Vec<String>,
+    /// Shared secret of the cluster (at least
+    /// [`MESH_KEY_BYTES_MIN`] bytes): every mesh connection is
+    /// CURVE-encrypted and admitted only with the key pair derived from it.
+    /// Empty: no key, and the mesh may only use loopback addresses.
+    pub mesh_key: String,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("mesh_listen", &self.mesh_listen)
+            .field("mesh_peers", &self.mesh_peers)
+            .field(
+                "mesh_key",
+                &if self.mesh_key.is_empty() {
+                    "<unset>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -331,6 +364,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_MESH_PEERS",
         "cluster.mesh_peers (comma-separated)",
     ),
+    ("CORECAST_MESH_KEY", "cluster.mesh_key"),
     ("CORECAST_DRAIN_PERIOD_MS", "shutdown.drain_period_ms"),
     ("CORECAST_PING_INTERVAL_MS", "heartbeat.ping_interval_ms"),
     ("CORECAST_IDLE_TIMEOUT_MS", "heartbeat.idle_timeout_ms"),
@@ -492,6 +526,7 @@ impl Config {
                 "CORECAST_NODE_ID" => self.cluster.node_id = value,
                 "CORECAST_MESH_LISTEN" => self.cluster.mesh_listen = value,
                 "CORECAST_MESH_PEERS" => self.cluster.mesh_peers = split_list(&value),
+                "CORECAST_MESH_KEY" => self.cluster.mesh_key = value,
                 "CORECAST_DRAIN_PERIOD_MS" => {
                     self.shutdown.drain_period_ms = parse_env(name, &value)?
                 }
@@ -687,6 +722,10 @@ impl Config {
                 "mesh_peers are set but mesh_listen is empty",
             ));
         }
+        let key = &self.cluster.mesh_key;
+        if !key.is_empty() && key.len() < MESH_KEY_BYTES_MIN {
+            return Err(ConfigError::MeshKeyTooShort { len: key.len() });
+        }
         for addr in std::iter::once(&self.cluster.mesh_listen)
             .filter(|a| !a.is_empty())
             .chain(self.cluster.mesh_peers.iter())
@@ -822,6 +861,23 @@ mod tests {
     #[test]
     fn unknown_field_is_rejected() {
         assert!(Config::from_toml("[limits]\nmax_conections = 3\n").is_err());
+    }
+
+    #[test]
+    fn a_short_mesh_key_is_a_typed_error_and_the_key_is_never_printed() {
+        let mut config = Config::default();
+        config
+            .apply_env(|k| (k == "CORECAST_MESH_KEY").then(|| "too short".to_string()))
+            .unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::MeshKeyTooShort { len: 9 })
+        ));
+        config.cluster.mesh_key = "k".repeat(MESH_KEY_BYTES_MIN);
+        config.validate().unwrap();
+        assert!(!format!("{config:?}").contains(&config.cluster.mesh_key));
+        let from_file = Config::from_toml("[cluster]\nmesh_key = \"abc\"\n").unwrap();
+        assert_eq!(from_file.cluster.mesh_key, "abc");
     }
 
     #[test]

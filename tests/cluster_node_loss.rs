@@ -10,11 +10,15 @@ use std::time::Duration;
 const PUSHES: u64 = 10_000;
 const KILL_AT: u64 = 3_000;
 
+/// The cluster's shared secret: every mesh connection is CURVE.
+const MESH_KEY: &str = "cluster-node-loss-test-key-0123456789ab";
+
 fn start(id: &str, mesh: &str, peers: &str) -> Node {
     Node::start_with(&[
         ("CORECAST_NODE_ID", id),
         ("CORECAST_MESH_LISTEN", mesh),
         ("CORECAST_MESH_PEERS", peers),
+        ("CORECAST_MESH_KEY", MESH_KEY),
     ])
 }
 

@@ -1,35 +1,36 @@
-//! Garbage on the mesh port: a real ZeroMQ PUB that the node subscribes to
-//! publishes junk; it is counted as corrupt and the node keeps delivering.
+//! Garbage on the mesh: a real libzmq PUB that holds the cluster key (an
+//! authenticated peer gone wrong) and that the node subscribes to publishes
+//! junk; it is counted as corrupt and the node keeps delivering.
 
 mod common;
 use common::{Node, peer_port};
+use corecast::mesh::ClusterKeys;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use zeromq::{Socket, SocketSend};
 
-/// A ZeroMQ PUB on its own thread publishing junk until `stop` (bounded
-/// to 20 s).
+const MESH_KEY: &str = "mesh-garbage-test-key-0123456789abcdef";
+
+/// A CURVE PUB with the cluster's key pair on its own thread, publishing
+/// junk until `stop` (bounded to 20 s).
 fn rogue_publisher(address: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let keys = ClusterKeys::derive(MESH_KEY).expect("a valid key");
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let mut publisher = zeromq::PubSocket::new();
-            publisher.bind(&address).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut i = 0u8;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                i = i.wrapping_add(1);
-                let junk: Vec<u8> = (0..(i as usize * 37 % 900))
-                    .map(|j| (j as u8) ^ i)
-                    .collect();
-                let _ = publisher.send(zeromq::ZmqMessage::from(junk)).await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
+        let context = zmq::Context::new();
+        let publisher = context.socket(zmq::PUB).unwrap();
+        publisher.set_curve_server(true).unwrap();
+        publisher.set_curve_secretkey(&keys.secret).unwrap();
+        publisher.bind(&address).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut i = 0u8;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            i = i.wrapping_add(1);
+            let junk: Vec<u8> = (0..(i as usize * 37 % 900))
+                .map(|j| (j as u8) ^ i)
+                .collect();
+            let _ = publisher.send(junk, 0);
+            std::thread::sleep(Duration::from_millis(5));
+        }
     })
 }
 
@@ -42,6 +43,7 @@ fn corrupt_envelopes_are_counted_and_dropped() {
     let node = Node::start_with(&[
         ("CORECAST_MESH_LISTEN", own.as_str()),
         ("CORECAST_MESH_PEERS", rogue.as_str()),
+        ("CORECAST_MESH_KEY", MESH_KEY),
     ]);
     node.wait_peers_up(1);
     let mut client = node.connect("victim");

@@ -1,72 +1,111 @@
-//! The mesh thread: a tokio current_thread runtime on its own OS thread
-//! (the zeromq crate needs tokio; the executors run glommio), optionally
-//! pinned to a CPU.
+//! The mesh thread and its libzmq sockets: one blocking OS thread
+//! (optionally pinned to a CPU) that owns a ZeroMQ context, this node's PUB
+//! socket, one SUB socket per peer and a monitor per socket, and sleeps in
+//! `zmq_poll` on all of them plus an eventfd the executors ring.
 //!
-//! Outbound: envelopes from the executors arrive on a bounded
-//! `async-channel`; at each wake-up the thread drains everything waiting (up
-//! to one batch) into one ZeroMQ message, numbers the envelopes with this
-//! node's sequence and sends the batch on the PUB socket. A PUB socket drops
-//! silently for a subscriber that falls behind, and does so far more often
-//! with many small messages than with a few large ones (DESIGN section 2),
-//! hence the batches.
+//! Every socket is set up on the caller's thread before the thread starts
+//! (a bind error is returned by `start`) with the limits of [`super`]:
+//! `ZMQ_MAXMSGSIZE` (a longer frame is refused from its header, before any
+//! allocation), per-pipe high-water marks, the handshake deadline, ZMTP
+//! heartbeats and TCP keepalive; and, with a mesh key, CURVE (server on
+//! PUB, client on SUB) behind the ZAP handler of [`super::curve`].
 //!
-//! Inbound: one SUB socket per peer, each in its own task. zeromq 0.7's
-//! `connect` waits for the peer (it takes the socket mutably, so one socket
-//! shared by all peers could not receive from the peers that are up while
-//! it waits for one that is down). Each task connects with a short timeout,
-//! retries with backoff, and on a disconnect drops the socket and starts
-//! over, so a peer that starts late or restarts is reached within
-//! [`MESH_RECONNECT_MAX_MS`] of coming up, and its state shows in
-//! `corecast_mesh_peer_up`.
+//! Outbound: at each wake-up the thread drains what is waiting (up to one
+//! batch per message, a few batches per turn) into ZeroMQ messages, numbers
+//! the envelopes with this node's sequence and sends on the PUB socket,
+//! which never blocks: a subscriber whose pipe is full misses the message
+//! alone, and sees the hole in the sequence when it reads again.
+//!
+//! Inbound: libzmq connects every SUB socket in the background and
+//! reconnects with backoff by itself; the monitors' handshake and
+//! disconnect events drive `corecast_mesh_peer_up` and the counters.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_lite::StreamExt;
-use rkyv::util::AlignedVec;
-use tokio::task::JoinSet;
-use zeromq::{PubSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, SubSocket};
-
+use super::curve::{ClusterKeys, ZAP_DOMAIN, ZapHandler};
 use super::envelope::{self, Batch, Envelope};
 use super::inbound::Inbound;
-use super::metrics::{DropReason, MeshMetrics};
+use super::metrics::{DropReason, MeshMetrics, Side};
 use super::{
     MESH_BATCH_BYTES_MAX, MESH_BATCH_ENVELOPES_MAX, MESH_CONNECT_TIMEOUT_MS, MESH_FLUSH_TIMEOUT_MS,
-    MESH_PUB_BACKLOG_BYTES_MAX, MESH_RECONNECT_MAX_MS, MESH_RECONNECT_MIN_MS,
-    MESH_START_TIMEOUT_MS, MeshError, MeshHandle, Outbound, Received, Shared,
+    MESH_HANDSHAKE_TIMEOUT_MS, MESH_HEARTBEAT_IVL_MS, MESH_HEARTBEAT_TIMEOUT_MS,
+    MESH_MESSAGE_BYTES_MAX, MESH_PEER_RCVHWM_MESSAGES, MESH_PEER_SNDHWM_MESSAGES,
+    MESH_RECONNECT_MAX_MS, MESH_RECONNECT_MIN_MS, MESH_TCP_KEEPALIVE_CNT,
+    MESH_TCP_KEEPALIVE_IDLE_S, MESH_TCP_KEEPALIVE_INTVL_S, MeshError, MeshHandle, Outbound,
+    Received, Shared, Waker,
 };
 use crate::limits::MESH_CHANNEL_CAPACITY;
 use crate::push::unix_micros;
 
-/// How often the shutdown flush checks whether the PUB backlog is written.
-const FLUSH_POLL_MS: u64 = 5;
+/// Longest sleep in `zmq_poll` when nothing happens (a safety net: the
+/// eventfd and the sockets wake the thread).
+const POLL_TIMEOUT_MS: i64 = 100;
 
-/// Encoded batch bytes that count against the PUB backlog until the zeromq
-/// crate has written them to every subscriber and dropped its last
-/// reference.
-struct Tracked {
-    bytes: AlignedVec<16>,
-    backlog: Arc<AtomicUsize>,
+/// Batches sent per turn of the loop before the SUB sockets are read.
+const BATCHES_PER_TURN: usize = 16;
+
+/// Messages read from one SUB socket per turn before the next socket.
+const RECEIVES_PER_TURN: usize = 256;
+
+/// The monitor events the mesh acts on.
+fn monitored_events() -> i32 {
+    use zmq::SocketEvent::*;
+    [
+        HANDSHAKE_SUCCEEDED,
+        HANDSHAKE_FAILED_NO_DETAIL,
+        HANDSHAKE_FAILED_PROTOCOL,
+        HANDSHAKE_FAILED_AUTH,
+        DISCONNECTED,
+    ]
+    .iter()
+    .fold(0, |mask, e| mask | i32::from(e.to_raw()))
 }
 
-impl AsRef<[u8]> for Tracked {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
+fn socket_error(what: &'static str) -> impl Fn(zmq::Error) -> MeshError {
+    move |source| MeshError::Socket { what, source }
 }
 
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.backlog.fetch_sub(self.bytes.len(), Ordering::AcqRel);
-    }
+/// Options every mesh socket gets.
+fn limit(socket: &zmq::Socket) -> Result<(), zmq::Error> {
+    socket.set_maxmsgsize(MESH_MESSAGE_BYTES_MAX as i64)?;
+    socket.set_handshake_ivl(MESH_HANDSHAKE_TIMEOUT_MS)?;
+    socket.set_heartbeat_ivl(MESH_HEARTBEAT_IVL_MS)?;
+    socket.set_heartbeat_timeout(MESH_HEARTBEAT_TIMEOUT_MS)?;
+    socket.set_heartbeat_ttl(MESH_HEARTBEAT_TIMEOUT_MS)?;
+    socket.set_tcp_keepalive(1)?;
+    socket.set_tcp_keepalive_idle(MESH_TCP_KEEPALIVE_IDLE_S)?;
+    socket.set_tcp_keepalive_intvl(MESH_TCP_KEEPALIVE_INTVL_S)?;
+    socket.set_tcp_keepalive_cnt(MESH_TCP_KEEPALIVE_CNT)?;
+    Ok(())
+}
+
+/// Starts `socket`'s monitor and returns the PAIR socket that reads it
+/// (connected before the socket binds or connects, so no event is missed).
+fn monitor(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    name: &str,
+) -> Result<zmq::Socket, zmq::Error> {
+    let endpoint = format!("inproc://corecast-mesh-monitor-{name}");
+    socket.monitor(&endpoint, monitored_events())?;
+    let reader = context.socket(zmq::PAIR)?;
+    reader.set_linger(0)?;
+    reader.connect(&endpoint)?;
+    Ok(reader)
+}
+
+struct Peer {
+    address: String,
+    socket: zmq::Socket,
+    monitor: zmq::Socket,
 }
 
 pub(super) fn spawn(
     node_id: &str,
     listen: String,
     peers: Vec<String>,
+    keys: Option<ClusterKeys>,
     pin_cpu: Option<usize>,
     deliver: Box<dyn Fn(Received) + Send>,
     metrics: Arc<MeshMetrics>,
@@ -74,11 +113,97 @@ pub(super) fn spawn(
     for peer in &peers {
         metrics.add_peer(peer);
     }
+    let context = zmq::Context::new();
+    // The ZAP handler must be bound before the first CURVE socket exists.
+    let zap = match &keys {
+        Some(keys) => Some(
+            ZapHandler::start(&context, keys.public, metrics.zap_denied_counter())
+                .map_err(socket_error("ZAP handler"))?,
+        ),
+        None => None,
+    };
+
+    let publisher = context
+        .socket(zmq::PUB)
+        .map_err(socket_error("PUB socket"))?;
+    let setup = |s: &zmq::Socket| -> Result<(), zmq::Error> {
+        limit(s)?;
+        s.set_sndhwm(MESH_PEER_SNDHWM_MESSAGES)?;
+        s.set_linger(MESH_FLUSH_TIMEOUT_MS as i32)?;
+        if let Some(keys) = &keys {
+            s.set_curve_server(true)?;
+            s.set_curve_secretkey(&keys.secret)?;
+            s.set_zap_domain(ZAP_DOMAIN)?;
+        }
+        Ok(())
+    };
+    setup(&publisher).map_err(socket_error("PUB options"))?;
+    let pub_monitor = monitor(&context, &publisher, "pub").map_err(socket_error("PUB monitor"))?;
+    publisher.bind(&listen).map_err(|source| MeshError::Bind {
+        address: listen.clone(),
+        source,
+    })?;
+    let listen_endpoint = match publisher.get_last_endpoint() {
+        Ok(Ok(endpoint)) => endpoint,
+        _ => listen.clone(),
+    };
+
+    let mut subscribers = Vec::with_capacity(peers.len());
+    for (i, address) in peers.into_iter().enumerate() {
+        let socket = context
+            .socket(zmq::SUB)
+            .map_err(socket_error("SUB socket"))?;
+        let setup = |s: &zmq::Socket| -> Result<(), zmq::Error> {
+            limit(s)?;
+            s.set_rcvhwm(MESH_PEER_RCVHWM_MESSAGES)?;
+            s.set_linger(0)?;
+            s.set_reconnect_ivl(MESH_RECONNECT_MIN_MS as i32)?;
+            s.set_reconnect_ivl_max(MESH_RECONNECT_MAX_MS as i32)?;
+            s.set_connect_timeout(MESH_CONNECT_TIMEOUT_MS as i32)?;
+            if let Some(keys) = &keys {
+                s.set_curve_serverkey(&keys.public)?;
+                s.set_curve_publickey(&keys.public)?;
+                s.set_curve_secretkey(&keys.secret)?;
+            }
+            s.set_subscribe(b"")
+        };
+        setup(&socket).map_err(socket_error("SUB options"))?;
+        let monitor =
+            monitor(&context, &socket, &format!("sub-{i}")).map_err(socket_error("SUB monitor"))?;
+        socket
+            .connect(&address)
+            .map_err(|source| MeshError::Address {
+                address: address.clone(),
+                reason: source.to_string(),
+            })?;
+        subscribers.push(Peer {
+            address,
+            socket,
+            monitor,
+        });
+    }
+
     let (tx, rx) = async_channel::bounded(MESH_CHANNEL_CAPACITY);
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stopped_tx, stopped_rx) = std::sync::mpsc::sync_channel(1);
-    let thread_metrics = metrics.clone();
-    let node_id = node_id.to_owned();
+    let shared = Arc::new(Shared {
+        waker: Waker::new()?,
+        queued_bytes: Default::default(),
+        thread: Mutex::new(None),
+        stopped: Mutex::new(Some(stopped_rx)),
+        listen_endpoint,
+    });
+    let mesh = Mesh {
+        inbound: Inbound::new(node_id, deliver, metrics.clone()),
+        node_id: node_id.to_owned(),
+        incarnation: rand::random(),
+        publisher,
+        pub_monitor,
+        peers: subscribers,
+        metrics: metrics.clone(),
+        shared: shared.clone(),
+        seq: 0,
+        carried: None,
+    };
     let thread = std::thread::Builder::new()
         .name("corecast-mesh".into())
         .spawn(move || {
@@ -86,238 +211,219 @@ pub(super) fn spawn(
                 // Best effort: an unpinned mesh still works.
                 let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("corecast-mesh")
-                .build();
-            match runtime {
-                Ok(runtime) => {
-                    let mesh = Mesh {
-                        node_id,
-                        incarnation: rand::random(),
-                        listen,
-                        peers,
-                        metrics: thread_metrics,
-                    };
-                    runtime.block_on(mesh.run(rx, deliver, ready_tx));
-                    drop(runtime);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(MeshError::Thread(e)));
-                }
-            }
+            mesh.run(rx);
+            // Sockets are closed; the ZAP handler's goes next; dropping the
+            // context then waits (bounded by the PUB linger) for the flush.
+            drop(zap);
+            drop(context);
             let _ = stopped_tx.send(());
         })
         .map_err(MeshError::Thread)?;
-
-    let listen_endpoint = match ready_rx.recv_timeout(Duration::from_millis(MESH_START_TIMEOUT_MS))
-    {
-        Ok(Ok(endpoint)) => endpoint,
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            return Err(e);
-        }
-        Err(_) => {
-            // Closing the queue makes the thread exit once it gets going.
-            tx.close();
-            return Err(MeshError::StartTimeout);
-        }
-    };
+    *shared.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
     Ok(MeshHandle {
         tx,
         metrics,
-        shared: Arc::new(Shared {
-            thread: Mutex::new(Some(thread)),
-            stopped: Mutex::new(Some(stopped_rx)),
-            listen_endpoint,
-        }),
+        shared,
     })
 }
 
 struct Mesh {
+    inbound: Inbound,
     node_id: String,
     incarnation: u64,
-    listen: String,
-    peers: Vec<String>,
+    publisher: zmq::Socket,
+    pub_monitor: zmq::Socket,
+    peers: Vec<Peer>,
     metrics: Arc<MeshMetrics>,
+    shared: Arc<Shared>,
+    seq: u64,
+    carried: Option<Outbound>,
 }
 
 impl Mesh {
-    async fn run(
-        self,
-        rx: async_channel::Receiver<Outbound>,
-        deliver: Box<dyn Fn(Received) + Send>,
-        ready: std::sync::mpsc::SyncSender<Result<String, MeshError>>,
-    ) {
-        let mut socket = PubSocket::new();
-        match socket.bind(&self.listen).await {
-            Ok(endpoint) => {
-                let _ = ready.send(Ok(endpoint.to_string()));
-            }
-            Err(source) => {
-                let _ = ready.send(Err(MeshError::Bind {
-                    address: self.listen.clone(),
-                    source,
-                }));
-                return;
-            }
-        }
-
-        let inbound = Arc::new(Mutex::new(Inbound::new(
-            &self.node_id,
-            deliver,
-            self.metrics.clone(),
-        )));
-        let mut peers = JoinSet::new();
-        for peer in &self.peers {
-            peers.spawn(peer_task(
-                peer.clone(),
-                inbound.clone(),
-                self.metrics.clone(),
-            ));
-        }
-
-        let backlog = Arc::new(AtomicUsize::new(0));
-        self.publish_until_closed(&mut socket, &rx, &backlog).await;
-
-        // Shutdown: the queue is closed and drained; give the PUB socket a
-        // bounded time to write what it holds, then drop everything.
-        let deadline = Instant::now() + Duration::from_millis(MESH_FLUSH_TIMEOUT_MS);
-        while backlog.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(FLUSH_POLL_MS)).await;
-        }
-        peers.abort_all();
-        drop(socket);
-    }
-
-    /// Sends batches until the executors' queue is closed and empty.
-    async fn publish_until_closed(
-        &self,
-        socket: &mut PubSocket,
-        rx: &async_channel::Receiver<Outbound>,
-        backlog: &Arc<AtomicUsize>,
-    ) {
-        let mut seq: u64 = 0;
-        let mut carried: Option<Outbound> = None;
+    fn run(mut self, rx: async_channel::Receiver<Outbound>) {
+        let mut message = zmq::Message::new();
         loop {
-            let first = match carried.take() {
-                Some(envelope) => envelope,
-                None => match rx.recv().await {
-                    Ok(envelope) => envelope,
-                    Err(_) => return,
-                },
-            };
-            let mut envelopes: Vec<Outbound> = Vec::with_capacity(64);
-            let mut estimate =
-                envelope::estimated_bytes(&first.id, &first.target, first.payload.len());
-            envelopes.push(first);
-            while envelopes.len() < MESH_BATCH_ENVELOPES_MAX {
-                let Ok(next) = rx.try_recv() else { break };
-                let size = envelope::estimated_bytes(&next.id, &next.target, next.payload.len());
-                if estimate + size > MESH_BATCH_BYTES_MAX {
-                    carried = Some(next);
+            let mut busy = false;
+            for _ in 0..BATCHES_PER_TURN {
+                if !self.publish_one(&rx) {
                     break;
                 }
-                estimate += size;
-                envelopes.push(next);
+                busy = true;
             }
-            let count = envelopes.len() as u64;
-            if backlog.load(Ordering::Acquire) > MESH_PUB_BACKLOG_BYTES_MAX {
-                // A subscriber is not reading: do not queue more behind it.
-                // The envelopes still take their sequence numbers, so every
-                // receiver sees the hole and counts them as lost.
-                seq += count;
-                self.metrics.count_drop(DropReason::PubBacklog, count);
+            if rx.is_closed() && rx.is_empty() && self.carried.is_none() {
+                // Shutdown: everything queued has been handed to the PUB
+                // socket; its linger bounds the flush.
+                return;
+            }
+            for i in 0..self.peers.len() {
+                busy |= self.receive(i, &mut message);
+            }
+            self.read_monitors();
+            if busy || !rx.is_empty() || self.carried.is_some() {
                 continue;
             }
-            let batch = Batch {
-                origin: self.node_id.clone(),
-                incarnation: self.incarnation,
-                envelopes: envelopes
-                    .into_iter()
-                    .map(|e| {
-                        seq += 1;
-                        Envelope {
-                            seq,
-                            id: e.id,
-                            target: e.target,
-                            kind: e.kind,
-                            payload: e.payload,
-                            created_at_us: e.created_at_us,
-                        }
-                    })
-                    .collect(),
-            };
-            let bytes = match envelope::encode(&batch) {
-                Ok(bytes) => bytes,
-                Err(_) => {
-                    // Serializing owned values into memory does not fail in
-                    // practice; count it rather than stop the mesh.
-                    self.metrics.count_drop(DropReason::Corrupt, count);
-                    continue;
-                }
-            };
-            let len = bytes.len();
-            backlog.fetch_add(len, Ordering::AcqRel);
-            let message = Bytes::from_owner(Tracked {
-                bytes,
-                backlog: backlog.clone(),
-            });
-            // A PUB send only queues (or drops for slow subscribers).
-            let _ = socket.send(message.into()).await;
-            self.metrics.count_out(count, len as u64);
+            self.sleep(&rx);
         }
     }
-}
 
-/// Receives from one peer for as long as the mesh runs: connect (with a
-/// timeout), receive until the peer goes away, back off, start over.
-async fn peer_task(peer: String, inbound: Arc<Mutex<Inbound>>, metrics: Arc<MeshMetrics>) {
-    let min = Duration::from_millis(MESH_RECONNECT_MIN_MS);
-    let max = Duration::from_millis(MESH_RECONNECT_MAX_MS);
-    let mut backoff = min;
-    loop {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(Duration::from_millis(MESH_CONNECT_TIMEOUT_MS));
-        let mut socket = SubSocket::with_options(options);
-        let mut events = socket.monitor();
-        // Remembered and sent to the peer on (every) connection.
-        let subscribed = socket.subscribe("").await.is_ok();
-        if !subscribed || socket.connect(&peer).await.is_err() {
-            drop(socket);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(max);
-            continue;
+    /// Parks in `zmq_poll` until a socket, a monitor or the eventfd is
+    /// ready (or [`POLL_TIMEOUT_MS`]).
+    fn sleep(&self, rx: &async_channel::Receiver<Outbound>) {
+        let waker = &self.shared.waker;
+        waker.parked.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !rx.is_empty() || rx.is_closed() {
+            waker.parked.store(false, Ordering::SeqCst);
+            return;
         }
-        metrics.set_peer_up(&peer, true);
-        backoff = min;
-        loop {
-            tokio::select! {
-                message = socket.recv() => match message {
-                    Ok(message) => handle_message(&inbound, message),
-                    Err(_) => break,
-                },
-                event = events.next() => match event {
-                    Some(SocketEvent::Disconnected(_)) | None => break,
-                    Some(_) => {}
-                },
+        let mut items = Vec::with_capacity(2 + 2 * self.peers.len());
+        items.push(zmq::PollItem::from_fd(waker.raw_fd(), zmq::POLLIN));
+        items.push(self.pub_monitor.as_poll_item(zmq::POLLIN));
+        for peer in &self.peers {
+            items.push(peer.socket.as_poll_item(zmq::POLLIN));
+            items.push(peer.monitor.as_poll_item(zmq::POLLIN));
+        }
+        let _ = zmq::poll(&mut items, POLL_TIMEOUT_MS);
+        waker.parked.store(false, Ordering::SeqCst);
+        if items[0].is_readable() {
+            let _ = waker.fd.read();
+        }
+    }
+
+    /// Sends one batch of what is queued; false when nothing was queued.
+    fn publish_one(&mut self, rx: &async_channel::Receiver<Outbound>) -> bool {
+        let first = match self.carried.take() {
+            Some(envelope) => envelope,
+            None => match rx.try_recv() {
+                Ok(envelope) => envelope,
+                Err(_) => return false,
+            },
+        };
+        let queued = &self.shared.queued_bytes;
+        queued.fetch_sub(first.bytes, Ordering::AcqRel);
+        let mut estimate = first.bytes;
+        let mut envelopes: Vec<Outbound> = Vec::with_capacity(64);
+        envelopes.push(first);
+        while envelopes.len() < MESH_BATCH_ENVELOPES_MAX {
+            let Ok(next) = rx.try_recv() else { break };
+            queued.fetch_sub(next.bytes, Ordering::AcqRel);
+            if estimate + next.bytes > MESH_BATCH_BYTES_MAX {
+                self.carried = Some(next);
+                break;
+            }
+            estimate += next.bytes;
+            envelopes.push(next);
+        }
+        // The carried envelope was taken off the byte count; put it back
+        // until it is sent.
+        if let Some(carried) = &self.carried {
+            queued.fetch_add(carried.bytes, Ordering::AcqRel);
+        }
+        let count = envelopes.len() as u64;
+        let mut seq = self.seq;
+        let batch = Batch {
+            origin: self.node_id.clone(),
+            incarnation: self.incarnation,
+            envelopes: envelopes
+                .into_iter()
+                .map(|e| {
+                    seq += 1;
+                    Envelope {
+                        seq,
+                        id: e.id,
+                        target: e.target,
+                        kind: e.kind,
+                        payload: e.payload,
+                        created_at_us: e.created_at_us,
+                    }
+                })
+                .collect(),
+        };
+        // The envelopes take their sequence numbers whatever happens next,
+        // so every receiver sees a batch that is not sent as lost.
+        self.seq = seq;
+        let bytes = match envelope::encode(&batch) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                // Serializing owned values into memory does not fail in
+                // practice; count it rather than stop the mesh.
+                self.metrics.count_drop(DropReason::Corrupt, count);
+                return true;
+            }
+        };
+        if bytes.len() > MESH_MESSAGE_BYTES_MAX {
+            self.metrics.count_drop(DropReason::Oversize, count);
+            return true;
+        }
+        // A PUB send never blocks: it queues per subscriber, or drops for a
+        // subscriber whose pipe is at its high-water mark.
+        let _ = self.publisher.send(&bytes[..], zmq::DONTWAIT);
+        self.metrics.count_out(count, bytes.len() as u64);
+        true
+    }
+
+    /// Reads what peer `i` has sent (up to [`RECEIVES_PER_TURN`] messages);
+    /// true if anything was read.
+    fn receive(&mut self, i: usize, message: &mut zmq::Message) -> bool {
+        let mut any = false;
+        for _ in 0..RECEIVES_PER_TURN {
+            let peer = &self.peers[i];
+            if peer.socket.recv(message, zmq::DONTWAIT).is_err() {
+                break;
+            }
+            any = true;
+            if message.get_more() {
+                // Not one frame: read the rest of it and count it once.
+                let (mut frames, mut bytes) = (1usize, message.len());
+                while message.get_more() && peer.socket.recv(message, zmq::DONTWAIT).is_ok() {
+                    frames += 1;
+                    bytes += message.len();
+                }
+                self.inbound.handle_malformed(frames, bytes);
+                continue;
+            }
+            // Errors are counted inside; nothing else to do with them.
+            let _ = self
+                .inbound
+                .handle_from(Some(&peer.address), message, unix_micros());
+        }
+        any
+    }
+
+    fn read_monitors(&self) {
+        while let Some(event) = next_event(&self.pub_monitor) {
+            use zmq::SocketEvent::*;
+            match event {
+                HANDSHAKE_SUCCEEDED => self.metrics.count_subscriber(true),
+                DISCONNECTED => self.metrics.count_subscriber(false),
+                HANDSHAKE_FAILED_NO_DETAIL | HANDSHAKE_FAILED_PROTOCOL | HANDSHAKE_FAILED_AUTH => {
+                    self.metrics.count_handshake_failure(Side::Pub)
+                }
+                _ => {}
             }
         }
-        metrics.set_peer_up(&peer, false);
-        drop(socket);
-        tokio::time::sleep(backoff).await;
+        for peer in &self.peers {
+            while let Some(event) = next_event(&peer.monitor) {
+                use zmq::SocketEvent::*;
+                match event {
+                    HANDSHAKE_SUCCEEDED => self.metrics.set_peer_up(&peer.address, true),
+                    DISCONNECTED => self.metrics.set_peer_up(&peer.address, false),
+                    HANDSHAKE_FAILED_NO_DETAIL
+                    | HANDSHAKE_FAILED_PROTOCOL
+                    | HANDSHAKE_FAILED_AUTH => self.metrics.count_handshake_failure(Side::Sub),
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
-fn handle_message(inbound: &Mutex<Inbound>, message: zeromq::ZmqMessage) {
-    let mut inbound = inbound.lock().unwrap_or_else(|p| p.into_inner());
-    if message.len() != 1 {
-        let bytes = message.iter().map(|frame| frame.len()).sum();
-        inbound.handle_malformed(message.len(), bytes);
-        return;
-    }
-    if let Some(frame) = message.get(0) {
-        // Errors are counted inside; nothing else to do with a bad message.
-        let _ = inbound.handle(frame, unix_micros());
-    }
+/// The next event on a monitor socket, if one is waiting: a two-frame
+/// message whose first frame holds the event id (u16) and a value (u32).
+fn next_event(monitor: &zmq::Socket) -> Option<zmq::SocketEvent> {
+    let frames = monitor.recv_multipart(zmq::DONTWAIT).ok()?;
+    let head = frames.first()?;
+    let id = u16::from_ne_bytes(head.get(..2)?.try_into().ok()?);
+    Some(zmq::SocketEvent::from_raw(id))
 }

@@ -190,6 +190,18 @@ impl Inbound {
     /// (microseconds since the Unix epoch). Returns how many envelopes were
     /// delivered.
     pub fn handle(&mut self, message: &[u8], now_us: u64) -> Result<usize, EnvelopeError> {
+        self.handle_from(None, message, now_us)
+    }
+
+    /// [`Self::handle`] for a batch that arrived through `peer` (the
+    /// configured address of the SUB connection): sequence gaps are also
+    /// counted as lost for that peer.
+    pub fn handle_from(
+        &mut self,
+        peer: Option<&str>,
+        message: &[u8],
+        now_us: u64,
+    ) -> Result<usize, EnvelopeError> {
         let Self {
             node_id,
             decoder,
@@ -267,6 +279,9 @@ impl Inbound {
         }
         if lost > 0 {
             metrics.count_lost(lost);
+            if let Some(peer) = peer {
+                metrics.count_peer_lost(peer, lost);
+            }
         }
         if !hops_us.is_empty() {
             metrics.record_hops(hops_us.iter().copied());

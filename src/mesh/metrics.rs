@@ -42,9 +42,11 @@ pub enum DropReason {
     /// The executor -> mesh queue was full ([`super::MeshHandle::publish`]
     /// returned false).
     OutboundFull,
-    /// Bytes waiting in the PUB socket for slow subscribers passed
-    /// [`super::MESH_PUB_BACKLOG_BYTES_MAX`]: the batch was not sent (its
-    /// sequence numbers are skipped, so receivers also count it as lost).
+    /// No longer counted (the series stays, at 0, for dashboards): since the
+    /// mesh runs on libzmq, a subscriber that falls behind fills only its own
+    /// pipe ([`super::MESH_PEER_SNDHWM_MESSAGES`]) and the envelopes it
+    /// misses are counted as lost for that peer on the subscriber
+    /// (`corecast_mesh_peer_lost_envelopes_total`).
     PubBacklog,
     /// Already seen (same message id), e.g. a peer reached by two addresses.
     Duplicate,
@@ -58,10 +60,13 @@ pub enum DropReason {
     /// A valid batch whose origin or envelope the API would refuse (names,
     /// sizes, UTF-8, JSON: [`super::validate`]).
     Invalid,
+    /// An encoded batch over [`super::MESH_MESSAGE_BYTES_MAX`] (which every
+    /// peer would refuse): not sent, its sequence numbers skipped.
+    Oversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::OutboundFull,
         DropReason::PubBacklog,
         DropReason::Duplicate,
@@ -69,6 +74,7 @@ impl DropReason {
         DropReason::Corrupt,
         DropReason::DeliverFull,
         DropReason::Invalid,
+        DropReason::Oversize,
     ];
 
     pub fn label(self) -> &'static str {
@@ -80,6 +86,7 @@ impl DropReason {
             DropReason::Corrupt => "corrupt",
             DropReason::DeliverFull => "deliver_full",
             DropReason::Invalid => "invalid",
+            DropReason::Oversize => "oversize",
         }
     }
 }
@@ -88,6 +95,27 @@ impl DropReason {
 struct HopLatency {
     histogram: Histogram<u64>,
     sum_us: u64,
+}
+
+/// One configured peer (this node's SUB connection to its PUB socket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// The connection is up (ZMTP/CURVE handshake succeeded, not since
+    /// disconnected).
+    pub up: bool,
+    /// Times the connection went from up to down.
+    pub downs: u64,
+    /// Envelopes missing from the sequences received through this peer.
+    pub lost: u64,
+}
+
+/// Which mesh socket saw a failed handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// This node's PUB socket (a subscriber that failed to authenticate).
+    Pub,
+    /// A SUB socket (a peer address that is not a key holder).
+    Sub,
 }
 
 /// Every mesh metric of one node. Create one, share it (`Arc`) with
@@ -101,7 +129,11 @@ pub struct MeshMetrics {
     drops: [AtomicU64; DropReason::ALL.len()],
     lost: AtomicU64,
     restarts: AtomicU64,
-    peers: Mutex<BTreeMap<String, bool>>,
+    handshake_failures: [AtomicU64; 2],
+    subscriber_connects: AtomicU64,
+    subscriber_disconnects: AtomicU64,
+    zap_denied: Arc<AtomicU64>,
+    peers: Mutex<BTreeMap<String, PeerState>>,
     hop: Mutex<HopLatency>,
 }
 
@@ -128,6 +160,15 @@ pub struct MeshSnapshot {
     /// Origins seen coming back with a new incarnation.
     pub restarts: u64,
     pub hop_count: u64,
+    /// Failed ZMTP/CURVE handshakes on the PUB socket and on SUB sockets.
+    pub handshake_failures_pub: u64,
+    pub handshake_failures_sub: u64,
+    /// Subscribers whose handshake succeeded on the PUB socket, and
+    /// disconnections seen there.
+    pub subscriber_connects: u64,
+    pub subscriber_disconnects: u64,
+    /// CURVE clients refused by the ZAP handler.
+    pub zap_denied: u64,
 }
 
 impl MeshSnapshot {
@@ -163,6 +204,10 @@ impl MeshMetrics {
             drops: Default::default(),
             lost: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            handshake_failures: Default::default(),
+            subscriber_connects: AtomicU64::new(0),
+            subscriber_disconnects: AtomicU64::new(0),
+            zap_denied: Arc::new(AtomicU64::new(0)),
             peers: Mutex::new(BTreeMap::new()),
             hop: Mutex::new(HopLatency {
                 histogram,
@@ -200,15 +245,48 @@ impl MeshMetrics {
 
     /// Declares a peer (state 0) so its series exists before it connects.
     pub(crate) fn add_peer(&self, peer: &str) {
-        lock(&self.peers).entry(peer.to_owned()).or_insert(false);
+        lock(&self.peers).entry(peer.to_owned()).or_default();
     }
 
     pub(crate) fn set_peer_up(&self, peer: &str, up: bool) {
-        lock(&self.peers).insert(peer.to_owned(), up);
+        let mut peers = lock(&self.peers);
+        let state = peers.entry(peer.to_owned()).or_default();
+        if state.up && !up {
+            state.downs += 1;
+        }
+        state.up = up;
+    }
+
+    /// Counts `n` envelopes lost in what arrived through `peer`.
+    pub(crate) fn count_peer_lost(&self, peer: &str, n: u64) {
+        lock(&self.peers).entry(peer.to_owned()).or_default().lost += n;
+    }
+
+    pub(crate) fn count_handshake_failure(&self, side: Side) {
+        self.handshake_failures[side as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_subscriber(&self, connected: bool) {
+        let counter = if connected {
+            &self.subscriber_connects
+        } else {
+            &self.subscriber_disconnects
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter the ZAP handler thread increments.
+    pub(crate) fn zap_denied_counter(&self) -> Arc<AtomicU64> {
+        self.zap_denied.clone()
     }
 
     /// Whether `peer`'s SUB connection is up.
     pub fn peer_up(&self, peer: &str) -> Option<bool> {
+        lock(&self.peers).get(peer).map(|s| s.up)
+    }
+
+    /// Everything known about `peer`.
+    pub fn peer(&self, peer: &str) -> Option<PeerState> {
         lock(&self.peers).get(peer).copied()
     }
 
@@ -248,6 +326,13 @@ impl MeshMetrics {
             lost: self.lost.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             hop_count: lock(&self.hop).histogram.len(),
+            handshake_failures_pub: self.handshake_failures[Side::Pub as usize]
+                .load(Ordering::Relaxed),
+            handshake_failures_sub: self.handshake_failures[Side::Sub as usize]
+                .load(Ordering::Relaxed),
+            subscriber_connects: self.subscriber_connects.load(Ordering::Relaxed),
+            subscriber_disconnects: self.subscriber_disconnects.load(Ordering::Relaxed),
+            zap_denied: self.zap_denied.load(Ordering::Relaxed),
         }
     }
 
@@ -329,21 +414,70 @@ impl Collector for MeshCollector {
             )?;
             lost.encode(metric)?;
         }
+        let peers: Vec<(String, PeerState)> = lock(&m.peers)
+            .iter()
+            .map(|(peer, state)| (peer.clone(), *state))
+            .collect();
         {
-            let peers: Vec<(String, bool)> = lock(&m.peers)
-                .iter()
-                .map(|(peer, up)| (peer.clone(), *up))
-                .collect();
             let mut family = encoder.encode_descriptor(
                 "corecast_mesh_peer_up",
                 "Whether this node's SUB connection to a peer's PUB socket is up.",
                 None,
                 MetricType::Gauge,
             )?;
-            for (peer, up) in &peers {
+            for (peer, state) in &peers {
                 let labels = [("peer", peer.as_str())];
-                ConstGauge::new(i64::from(*up)).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(i64::from(state.up)).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let downs: Vec<(&str, u64)> = peers.iter().map(|(p, s)| (p.as_str(), s.downs)).collect();
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_peer_down",
+            "Times this node's SUB connection to a peer went down (disconnect, heartbeat \
+             timeout, keepalive failure).",
+            "peer",
+            &downs,
+        )?;
+        let lost: Vec<(&str, u64)> = peers.iter().map(|(p, s)| (p.as_str(), s.lost)).collect();
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_peer_lost_envelopes",
+            "Envelopes missing from the sequences received through one peer's connection.",
+            "peer",
+            &lost,
+        )?;
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_handshake_failures",
+            "Failed ZMTP/CURVE handshakes: on this node's PUB socket (socket=pub: a \
+             subscriber without the cluster key) and on its SUB sockets (socket=sub).",
+            "socket",
+            &[
+                ("pub", s.handshake_failures_pub),
+                ("sub", s.handshake_failures_sub),
+            ],
+        )?;
+        encode_counter_family(
+            &mut encoder,
+            "corecast_mesh_subscriber_events",
+            "Subscribers admitted on this node's PUB socket (connected) and connections \
+             closed there (disconnected, including refused handshakes).",
+            "event",
+            &[
+                ("connected", s.subscriber_connects),
+                ("disconnected", s.subscriber_disconnects),
+            ],
+        )?;
+        {
+            let denied = ConstCounter::new(s.zap_denied);
+            let metric = encoder.encode_descriptor(
+                "corecast_mesh_zap_denied",
+                "CURVE clients refused by the ZAP handler (a key pair other than the cluster's).",
+                None,
+                denied.metric_type(),
+            )?;
+            denied.encode(metric)?;
         }
         {
             let (buckets, sum, count) = m.hop_buckets();
@@ -389,6 +523,13 @@ mod tests {
             "corecast_mesh_drops_total{reason=\"deliver_full\"} 0",
             "corecast_mesh_drops_total{reason=\"pub_backlog\"} 0",
             "corecast_mesh_drops_total{reason=\"invalid\"} 0",
+            "corecast_mesh_drops_total{reason=\"oversize\"} 0",
+            "corecast_mesh_peer_down_total{peer=\"tcp://10.0.0.2:7000\"} 0",
+            "corecast_mesh_peer_lost_envelopes_total{peer=\"tcp://10.0.0.2:7000\"} 0",
+            "corecast_mesh_handshake_failures_total{socket=\"pub\"} 0",
+            "corecast_mesh_handshake_failures_total{socket=\"sub\"} 0",
+            "corecast_mesh_subscriber_events_total{event=\"connected\"} 0",
+            "corecast_mesh_zap_denied_total 0",
             "corecast_mesh_lost_envelopes_total 0",
             "corecast_mesh_peer_up{peer=\"tcp://10.0.0.2:7000\"} 0",
             "corecast_mesh_hop_latency_seconds_sum 0.0",

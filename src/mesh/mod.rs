@@ -4,26 +4,37 @@
 //! Data flow:
 //!
 //! ```text
-//! executors ──publish() (try_send, bounded)──► mesh thread ──batch──► PUB socket (bound on mesh_listen)
-//!                                              (tokio current_thread, own OS thread)
+//! executors ──publish() (try_send, bounded in entries and bytes; eventfd wake)──►
+//!     mesh thread (blocking, own OS thread, libzmq) ──batch──► PUB socket (bound on mesh_listen)
 //! peers' PUB ──► one SUB socket per peer ──► Inbound (validate, own/duplicate drop,
 //!                                             sequence gaps, hop latency) ──deliver()──► node
 //! ```
 //!
+//! The mesh is a trust boundary (DESIGN section 2): with `cluster.mesh_key`
+//! every connection is CURVE-encrypted and authenticated ([`curve`]); without
+//! one it may only use loopback addresses. libzmq refuses any message larger
+//! than [`MESH_MESSAGE_BYTES_MAX`] from its frame header, before allocating
+//! (`ZMQ_MAXMSGSIZE`), for authenticated and unauthenticated peers alike.
+//!
 //! - [`envelope`]: the wire format (rkyv batches behind a magic/version
 //!   header, checked decoding).
 //! - [`inbound`]: the receive logic with no sockets (unit-tested with bytes).
-//! - [`bridge`]: the thread, the ZeroMQ sockets, batching and reconnects.
+//! - [`bridge`]: the thread, the ZeroMQ sockets, batching, socket monitors.
+//! - [`curve`]: the key pair derived from the mesh key, the ZAP handler.
 //! - [`validate`]: received envelopes checked like API input.
 //! - [`metrics`]: counters, peer states, hop latency, the Prometheus
 //!   collector.
 //!
 //! The mesh never blocks the executors (a full queue is a counted drop) and
-//! never grows without bound: queues, batches, the duplicate filter, the
-//! origin table and the bytes waiting in the PUB socket are all capped by
-//! the constants below.
+//! never grows without bound: the outbound queue (entries and bytes),
+//! batches, the duplicate filter, the origin table and every libzmq pipe
+//! (per peer, in messages of at most [`MESH_MESSAGE_BYTES_MAX`]) are capped
+//! by the constants below. A subscriber that stops reading fills only its
+//! own pipe: libzmq's PUB drops for that subscriber alone, and it counts the
+//! hole as lost for that peer when it reads again.
 
 mod bridge;
+pub mod curve;
 pub mod envelope;
 pub mod inbound;
 pub mod metrics;
@@ -31,6 +42,8 @@ pub mod metrics;
 mod tests;
 pub mod validate;
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -41,6 +54,7 @@ use crate::config::ClusterConfig;
 use crate::limits::MESH_CHANNEL_CAPACITY;
 use crate::push::{ContentKind, Target};
 
+pub use curve::{ClusterKeys, MESH_KEY_BYTES_MIN};
 pub use metrics::{DropReason, MeshCollector, MeshMetrics, MeshSnapshot};
 
 /// A fresh metrics set to pass to [`start`] (and to [`collectors`]).
@@ -68,11 +82,62 @@ pub const MESH_DEDUP_IDS: usize = 65_536;
 /// Origin nodes whose sequence is tracked (a cluster is far smaller).
 pub const MESH_ORIGINS_MAX: usize = 1024;
 
-/// Batch bytes handed to the PUB socket and not yet written to every
-/// subscriber's TCP socket. The zeromq crate queues up to 100,000 messages
-/// per subscriber with no byte limit; past this cap (a stalled subscriber)
-/// new batches are dropped (`pub_backlog`) instead of growing memory.
-pub const MESH_PUB_BACKLOG_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest envelope, beyond its payload: fixed fields, the id, and the
+/// largest target (a batch of [`crate::limits::BATCH_USERS_MAX`] names),
+/// with slack for archive padding.
+pub const MESH_ENVELOPE_OVERHEAD_BYTES_MAX: usize = 256
+    + validate::MESH_ID_BYTES_MAX
+    + crate::limits::BATCH_USERS_MAX * (crate::limits::NAME_BYTES_MAX + 16);
+
+/// Largest batch's framing: header, origin, incarnation, the envelope list.
+pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
+    envelope::HEADER_BYTES + validate::MESH_ORIGIN_BYTES_MAX + 256;
+
+/// Largest ZeroMQ message a mesh socket accepts (`ZMQ_MAXMSGSIZE` on every
+/// socket): one envelope with the largest payload, or a full batch. libzmq
+/// refuses a longer frame from its header, before allocating, and drops the
+/// connection.
+pub const MESH_MESSAGE_BYTES_MAX: usize = MESH_BATCH_OVERHEAD_BYTES_MAX
+    + max_usize(
+        MESH_BATCH_BYTES_MAX,
+        validate::MESH_PAYLOAD_BYTES_MAX + MESH_ENVELOPE_OVERHEAD_BYTES_MAX,
+    );
+
+const fn max_usize(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// Estimated bytes (payloads, names) waiting in the executor -> mesh queue,
+/// at most; past it `publish` refuses (`outbound_full`) as when the queue is
+/// full in entries ([`MESH_CHANNEL_CAPACITY`]).
+pub const MESH_OUTBOUND_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Messages (batches) queued for one subscriber in the PUB socket
+/// (`ZMQ_SNDHWM`, per pipe): past it libzmq drops for that subscriber only.
+pub const MESH_PEER_SNDHWM_MESSAGES: i32 = 4_096;
+
+/// Messages read ahead from one peer's PUB (`ZMQ_RCVHWM` of its SUB).
+pub const MESH_PEER_RCVHWM_MESSAGES: i32 = 4_096;
+
+/// Time a new connection has for the ZMTP greeting and the CURVE handshake
+/// (`ZMQ_HANDSHAKE_IVL`); a peer that stalls in it is dropped.
+pub const MESH_HANDSHAKE_TIMEOUT_MS: i32 = 2_000;
+
+/// ZMTP PING every this often on every mesh connection
+/// (`ZMQ_HEARTBEAT_IVL`).
+pub const MESH_HEARTBEAT_IVL_MS: i32 = 500;
+
+/// A connection with no traffic for this long after a PING is closed
+/// (`ZMQ_HEARTBEAT_TIMEOUT`; also told to the peer as `ZMQ_HEARTBEAT_TTL`):
+/// a stopped or silently dead peer is detected within this plus one
+/// heartbeat interval.
+pub const MESH_HEARTBEAT_TIMEOUT_MS: i32 = 2_000;
+
+/// TCP keepalive on every mesh socket (`ZMQ_TCP_KEEPALIVE_*`): probes after
+/// this many idle seconds, every interval, closed after the count.
+pub const MESH_TCP_KEEPALIVE_IDLE_S: i32 = 5;
+pub const MESH_TCP_KEEPALIVE_INTVL_S: i32 = 1;
+pub const MESH_TCP_KEEPALIVE_CNT: i32 = 3;
 
 /// One SUB connection attempt (TCP connect and ZMTP handshake) gives up
 /// after this and is retried with backoff.
@@ -82,18 +147,17 @@ pub const MESH_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const MESH_RECONNECT_MIN_MS: u64 = 50;
 pub const MESH_RECONNECT_MAX_MS: u64 = 1_000;
 
-/// At shutdown, time allowed for queued envelopes to reach the sockets.
+/// At shutdown, time allowed for queued envelopes to reach the sockets
+/// (`ZMQ_LINGER` of the PUB socket).
 pub const MESH_FLUSH_TIMEOUT_MS: u64 = 1_000;
-
-/// Time `start` waits for the mesh thread to bind its PUB socket.
-pub const MESH_START_TIMEOUT_MS: u64 = 5_000;
 
 /// Time `shutdown` waits for the mesh thread to end after the flush.
 pub const MESH_STOP_TIMEOUT_MS: u64 = MESH_FLUSH_TIMEOUT_MS + 1_000;
 
 const _: () = assert!(MESH_BATCH_ENVELOPES_MAX <= MESH_CHANNEL_CAPACITY);
 const _: () = assert!(MESH_BATCH_ENVELOPES_MAX <= MESH_DEDUP_IDS);
-const _: () = assert!(MESH_PUB_BACKLOG_BYTES_MAX >= 16 * MESH_BATCH_BYTES_MAX);
+const _: () = assert!(MESH_OUTBOUND_BYTES_MAX >= 2 * MESH_MESSAGE_BYTES_MAX);
+const _: () = assert!(MESH_HEARTBEAT_IVL_MS < MESH_HEARTBEAT_TIMEOUT_MS);
 const _: () = assert!(MESH_RECONNECT_MIN_MS <= MESH_RECONNECT_MAX_MS);
 const _: () = assert!(MESH_FLUSH_TIMEOUT_MS < MESH_STOP_TIMEOUT_MS);
 
@@ -105,16 +169,22 @@ pub enum MeshError {
     #[error("invalid mesh address {address:?}: {reason}")]
     Address { address: String, reason: String },
     #[error("cannot bind the mesh PUB socket on {address}: {source}")]
-    Bind {
-        address: String,
-        source: zeromq::ZmqError,
+    Bind { address: String, source: zmq::Error },
+    #[error(
+        "the mesh address {address} is not a loopback address and cluster.mesh_key \
+         (CORECAST_MESH_KEY) is not set: set a shared key of at least {MESH_KEY_BYTES_MIN} bytes \
+         on every node, or use loopback addresses only"
+    )]
+    KeyRequired { address: String },
+    #[error("mesh key: {0}")]
+    Key(#[from] curve::CurveError),
+    #[error("cannot set up the mesh sockets ({what}): {source}")]
+    Socket {
+        what: &'static str,
+        source: zmq::Error,
     },
     #[error("cannot start the mesh thread: {0}")]
     Thread(#[source] std::io::Error),
-    #[error(
-        "the mesh thread did not report its PUB socket bound within {MESH_START_TIMEOUT_MS} ms"
-    )]
-    StartTimeout,
 }
 
 /// What the mesh hands to the node for every envelope that is valid, not
@@ -131,6 +201,8 @@ pub struct Received {
 
 /// One envelope on its way from an executor to the mesh thread.
 struct Outbound {
+    /// Estimated archive bytes, counted against [`MESH_OUTBOUND_BYTES_MAX`].
+    bytes: usize,
     id: String,
     target: Target,
     kind: ContentKind,
@@ -138,7 +210,48 @@ struct Outbound {
     created_at_us: u64,
 }
 
+/// Wakes the blocking mesh thread when an executor queues an envelope: one
+/// eventfd write per sleep of the thread, not per envelope.
+struct Waker {
+    fd: nix::sys::eventfd::EventFd,
+    /// Set by the mesh thread before it sleeps in `poll`.
+    parked: AtomicBool,
+}
+
+impl Waker {
+    fn new() -> Result<Self, MeshError> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| MeshError::Thread(e.into()))?;
+        Ok(Self {
+            fd,
+            parked: AtomicBool::new(false),
+        })
+    }
+
+    /// After a send on the queue: wakes the thread if it sleeps.
+    fn wake_if_parked(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // A plain load first: executors publishing while the thread is busy
+        // only read the flag's cache line.
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            let _ = self.fd.write(1);
+        }
+    }
+
+    fn wake(&self) {
+        let _ = self.fd.write(1);
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 struct Shared {
+    waker: Waker,
+    /// Estimated bytes in the outbound queue.
+    queued_bytes: AtomicUsize,
     thread: Mutex<Option<JoinHandle<()>>>,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     listen_endpoint: String,
@@ -180,7 +293,15 @@ impl MeshHandle {
             self.metrics.count_drop(DropReason::OutboundFull, 1);
             return false;
         }
+        let bytes = envelope::estimated_bytes(id, target, payload.len());
+        let queued = &self.shared.queued_bytes;
+        if queued.fetch_add(bytes, Ordering::AcqRel) + bytes > MESH_OUTBOUND_BYTES_MAX {
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.metrics.count_drop(DropReason::OutboundFull, 1);
+            return false;
+        }
         let envelope = Outbound {
+            bytes,
             id: id.to_owned(),
             target: target.clone(),
             kind,
@@ -188,8 +309,12 @@ impl MeshHandle {
             created_at_us,
         };
         match self.tx.try_send(envelope) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.shared.waker.wake_if_parked();
+                true
+            }
             Err(_) => {
+                queued.fetch_sub(bytes, Ordering::AcqRel);
                 self.metrics.count_drop(DropReason::OutboundFull, 1);
                 false
             }
@@ -207,11 +332,17 @@ impl MeshHandle {
         self.tx.len()
     }
 
+    /// Estimated bytes waiting for the mesh thread.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+
     /// Flushes what is queued (bounded wait: [`MESH_FLUSH_TIMEOUT_MS`]) and
     /// stops the thread. Called once at shutdown; other clones of the handle
     /// stop publishing (their `publish` returns false).
     pub fn shutdown(self) {
         self.tx.close();
+        self.shared.waker.wake();
         let stopped = self
             .shared
             .stopped
@@ -285,11 +416,56 @@ pub fn peers_to_connect(cluster: &ClusterConfig) -> Result<Vec<String>, MeshErro
     Ok(peers)
 }
 
+/// Whether a mesh address names a loopback host (`localhost`, 127.0.0.0/8,
+/// `::1`); `*`, wildcards and every other host are not.
+pub fn is_loopback_address(address: &str) -> bool {
+    let Ok(normalized) = normalize_address(address) else {
+        return false;
+    };
+    let rest = &normalized["tcp://".len()..];
+    let Some((host, _)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the mesh runs with: the cluster key pair, or (loopback only) none.
+/// An unset key with any non-loopback address is
+/// [`MeshError::KeyRequired`]; an unset key on loopback prints a warning.
+pub fn security(
+    cluster: &ClusterConfig,
+    peers: &[String],
+) -> Result<Option<ClusterKeys>, MeshError> {
+    if !cluster.mesh_key.is_empty() {
+        return Ok(Some(ClusterKeys::derive(&cluster.mesh_key)?));
+    }
+    let listen = cluster.mesh_listen.trim();
+    if let Some(address) = std::iter::once(listen)
+        .chain(peers.iter().map(String::as_str))
+        .find(|a| !is_loopback_address(a))
+    {
+        return Err(MeshError::KeyRequired {
+            address: address.to_owned(),
+        });
+    }
+    eprintln!(
+        "corecast: warning: cluster.mesh_key (CORECAST_MESH_KEY) is not set: the mesh runs \
+         unauthenticated and unencrypted, which is allowed on loopback addresses only"
+    );
+    Ok(None)
+}
+
 /// Starts the mesh thread: binds the PUB socket on `cluster.mesh_listen`
 /// (before returning: a bind error is returned here) and connects to every
 /// peer in the background. `deliver` runs on the mesh thread and must not
 /// block. Returns `Ok(None)` and starts nothing when this node has no
-/// `mesh_listen` or no peer other than itself.
+/// `mesh_listen` or no peer other than itself. With `cluster.mesh_key` every
+/// mesh connection is CURVE; without it, only loopback addresses are
+/// accepted ([`security`]).
 pub fn start(
     node_id: &str,
     cluster: &ClusterConfig,
@@ -307,6 +483,7 @@ pub fn start(
     if node_id.is_empty() {
         return Err(MeshError::NoNodeId);
     }
+    let keys = security(cluster, &peers)?;
     let listen = cluster.mesh_listen.trim().to_owned();
-    bridge::spawn(node_id, listen, peers, pin_cpu, deliver, metrics).map(Some)
+    bridge::spawn(node_id, listen, peers, keys, pin_cpu, deliver, metrics).map(Some)
 }
