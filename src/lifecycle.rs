@@ -121,14 +121,8 @@ fn start_mesh(
             }
         }
     });
-    crate::mesh::start(
-        &config.cluster.node_id,
-        &config.cluster,
-        None,
-        deliver,
-        metrics,
-    )
-    .map_err(|e| StartError::Mesh(e.to_string()))
+    crate::mesh::start(&config.cluster, deliver, metrics)
+        .map_err(|e| StartError::Mesh(e.to_string()))
 }
 
 /// A running node's handles, for the signal wait.

@@ -15,14 +15,8 @@ fn next(client: &mut common::Client) -> Option<serde_json::Value> {
     }
 }
 
-/// The cluster's shared secret.
-const MESH_KEY: &str = "cluster-test-mesh-key-0123456789abcdef";
-
 #[test]
 fn pushes_cross_the_mesh_exactly_once() {
-    // SAFETY: this binary's only test sets the variable before it starts any
-    // thread or process; the nodes that `cluster` spawns inherit it.
-    unsafe { std::env::set_var("CORECAST_MESH_KEY", MESH_KEY) };
     let nodes = cluster(3);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut on_a = a.connect("ua");

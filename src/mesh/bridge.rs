@@ -106,7 +106,6 @@ pub(super) fn spawn(
     listen: String,
     peers: Vec<String>,
     keys: Option<ClusterKeys>,
-    pin_cpu: Option<usize>,
     deliver: Box<dyn Fn(Received) + Send>,
     metrics: Arc<MeshMetrics>,
 ) -> Result<MeshHandle, MeshError> {
@@ -207,10 +206,6 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("corecast-mesh".into())
         .spawn(move || {
-            if let Some(cpu) = pin_cpu {
-                // Best effort: an unpinned mesh still works.
-                let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-            }
             mesh.run(rx);
             // Sockets are closed; the ZAP handler's goes next; dropping the
             // context then waits (bounded by the PUB linger) for the flush.

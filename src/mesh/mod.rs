@@ -467,9 +467,7 @@ pub fn security(
 /// mesh connection is CURVE; without it, only loopback addresses are
 /// accepted ([`security`]).
 pub fn start(
-    node_id: &str,
     cluster: &ClusterConfig,
-    pin_cpu: Option<usize>,
     deliver: Box<dyn Fn(Received) + Send>,
     metrics: Arc<MeshMetrics>,
 ) -> Result<Option<MeshHandle>, MeshError> {
@@ -480,10 +478,10 @@ pub fn start(
     if peers.is_empty() {
         return Ok(None);
     }
-    if node_id.is_empty() {
+    if cluster.node_id.is_empty() {
         return Err(MeshError::NoNodeId);
     }
     let keys = security(cluster, &peers)?;
     let listen = cluster.mesh_listen.trim().to_owned();
-    bridge::spawn(node_id, listen, peers, keys, pin_cpu, deliver, metrics).map(Some)
+    bridge::spawn(&cluster.node_id, listen, peers, keys, deliver, metrics).map(Some)
 }

@@ -63,9 +63,7 @@ impl Node {
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
         let handle = start(
-            id,
             &cluster,
-            None,
             Box::new(move |r| sink.lock().unwrap().push(r)),
             metrics.clone(),
         )
@@ -134,7 +132,7 @@ fn settle() {
 fn no_listen_or_no_peers_starts_nothing() {
     let metrics = Arc::new(MeshMetrics::new());
     let none = |cluster: ClusterConfig| {
-        start("n", &cluster, None, Box::new(|_| {}), metrics.clone())
+        start(&cluster, Box::new(|_| {}), metrics.clone())
             .unwrap()
             .is_none()
     };
@@ -153,14 +151,12 @@ fn no_listen_or_no_peers_starts_nothing() {
     }));
     assert!(matches!(
         start(
-            "",
             &ClusterConfig {
                 node_id: String::new(),
                 mesh_listen: addr(7000),
                 mesh_peers: vec![addr(7001)],
                 ..Default::default()
             },
-            None,
             Box::new(|_| {}),
             metrics.clone()
         ),
@@ -183,13 +179,7 @@ fn a_bind_error_is_returned_by_start() {
         mesh_peers: vec![addr(free_port())],
         ..Default::default()
     };
-    let result = start(
-        "a",
-        &cluster,
-        None,
-        Box::new(|_| {}),
-        Arc::new(MeshMetrics::new()),
-    );
+    let result = start(&cluster, Box::new(|_| {}), Arc::new(MeshMetrics::new()));
     assert!(matches!(result, Err(MeshError::Bind { .. })), "{result:?}");
 }
 
@@ -444,9 +434,7 @@ fn the_outbound_queue_is_bounded_in_bytes() {
         ..Default::default()
     };
     let a = start(
-        "a",
         &cluster,
-        None,
         Box::new(move |_| {
             // Holds a's mesh thread until the test lets go (bounded).
             held_in_thread.store(true, Ordering::SeqCst);
@@ -670,9 +658,7 @@ fn without_a_key_only_loopback_addresses_are_accepted() {
         ("tcp://127.0.0.1:7000", "tcp://mesh.example:7001"),
     ] {
         let result = start(
-            "n",
             &cluster(listen, peer, ""),
-            None,
             Box::new(|_| {}),
             metrics.clone(),
         );
@@ -693,9 +679,7 @@ fn without_a_key_only_loopback_addresses_are_accepted() {
     }
     assert!(matches!(
         start(
-            "n",
             &cluster("tcp://127.0.0.1:7000", "tcp://127.0.0.1:7001", "short"),
-            None,
             Box::new(|_| {}),
             metrics
         ),
@@ -720,14 +704,12 @@ fn bench_relay_throughput_and_latency() {
     let counter = received.clone();
     let metrics_b = Arc::new(MeshMetrics::new());
     let b = start(
-        "b",
         &ClusterConfig {
             node_id: "b".into(),
             mesh_listen: addr(pb),
             mesh_peers: vec![addr(pa)],
             mesh_key: key.clone(),
         },
-        None,
         Box::new(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);
         }),

@@ -17,6 +17,10 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The mesh key of the clusters [`cluster`] starts (every mesh connection
+/// CURVE-encrypted and admitted by it).
+pub const CLUSTER_MESH_KEY: &str = "cluster-test-mesh-key-0123456789abcdef";
+
 /// How long a cluster's mesh subscriptions may take to come up.
 pub const PEERS_WAIT: Duration = Duration::from_secs(20);
 
@@ -396,7 +400,8 @@ pub fn peer_port() -> u16 {
 }
 
 /// Starts `n` nodes wired into one mesh (each lists every node, itself
-/// included) and waits until every subscription is up.
+/// included) with [`CLUSTER_MESH_KEY`] and waits until every subscription
+/// is up.
 pub fn cluster(n: usize) -> Vec<Node> {
     let mut failures = Vec::new();
     for _ in 0..CLUSTER_ATTEMPTS {
@@ -420,6 +425,7 @@ fn try_cluster(n: usize) -> Result<Vec<Node>, String> {
                 ("CORECAST_NODE_ID", id.as_str()),
                 ("CORECAST_MESH_LISTEN", peers[i].as_str()),
                 ("CORECAST_MESH_PEERS", peers_env.as_str()),
+                ("CORECAST_MESH_KEY", CLUSTER_MESH_KEY),
             ])
         })
         .collect::<Result<Vec<Node>, String>>()?;
