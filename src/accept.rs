@@ -4,11 +4,13 @@
 //! kernel's backlog), the upgrade request read under two deadlines (the
 //! request line, then the whole head), the token, drain and capacity
 //! checks, the refusal written raw when any fails, and the hand-off of the
-//! socket (with its connection slot) to the user's home core.
+//! socket (with its connection slot) to the user's home core. In echo mode
+//! (`[ws] echo`, loopback only) no token is asked for: each connection is
+//! a user of its own, named after its source address and port.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -124,6 +126,13 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
         HANDSHAKES_IN_FLIGHT_PER_CORE,
         limits.handshakes_per_address_max.div_ceil(core.cores),
     );
+    if core.config.ws.echo && core.id == 0 {
+        eprintln!(
+            "corecast: WARNING: ws.echo is on (conformance tests only, never in production): \
+             data messages are echoed and no token is checked on {}",
+            core.config.ws.listen
+        );
+    }
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -187,7 +196,10 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
             core.metrics.handshake(HandshakeOutcome::IoError);
             return;
         }
-        Ok(Some(request)) => authorize(core, &request).map(|ok| (ok, request.accept)),
+        Ok(Some(request)) => {
+            let peer = stream.peer_addr().ok();
+            authorize(core, &request, peer).map(|ok| (ok, request.accept))
+        }
     };
     let ((claims, slot), accept) = match outcome {
         Ok(admitted) => admitted,
@@ -283,17 +295,25 @@ async fn read_upgrade(
     }
 }
 
-/// Token, drain and capacity checks; a connection slot on success.
-fn authorize(core: &Core, request: &UpgradeRequest) -> Result<(Claims, Slot), HandshakeError> {
+/// Token, drain and capacity checks; a connection slot on success. In
+/// echo mode the token is not looked at: the claims are [`echo_claims`].
+fn authorize(
+    core: &Core,
+    request: &UpgradeRequest,
+    peer: Option<SocketAddr>,
+) -> Result<(Claims, Slot), HandshakeError> {
     handshake::check_origin(request.origin.as_deref(), &core.config.ws.allowed_origins)?;
-    let token = request
-        .token
-        .as_deref()
-        .ok_or(HandshakeError::Unauthorized(TokenError::Missing))?;
-    let claims = core
-        .node
-        .tokens
-        .verify(token, core.config.limits.max_rooms_per_user)?;
+    let claims = if core.config.ws.echo {
+        echo_claims(peer)
+    } else {
+        let token = request
+            .token
+            .as_deref()
+            .ok_or(HandshakeError::Unauthorized(TokenError::Missing))?;
+        core.node
+            .tokens
+            .verify(token, core.config.limits.max_rooms_per_user)?
+    };
     if core.is_draining() {
         return Err(HandshakeError::Draining);
     }
@@ -305,9 +325,36 @@ fn authorize(core: &Core, request: &UpgradeRequest) -> Result<(Claims, Slot), Ha
     Ok((claims, slot))
 }
 
+/// The claims of an echo-mode connection: a uid of its own (from its source
+/// address and port, unique among open connections), so that
+/// `max_channels_per_user` never closes one conformance case for another
+/// and the cases spread over the cores; no rooms, no expiry.
+fn echo_claims(peer: Option<SocketAddr>) -> Claims {
+    let sub = match peer {
+        Some(peer) => format!("echo-{peer}"),
+        None => "echo".to_string(),
+    };
+    Claims {
+        sub,
+        exp: u64::MAX,
+        rooms: None,
+        device: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_echo_connection_is_a_user_of_its_own() {
+        let a = echo_claims(Some("127.0.0.1:40000".parse().unwrap()));
+        let b = echo_claims(Some("127.0.0.1:40001".parse().unwrap()));
+        assert_ne!(a.sub, b.sub);
+        assert_eq!(a.sub, "echo-127.0.0.1:40000");
+        assert!(a.rooms.is_none() && a.device.is_none());
+        assert_eq!(a.exp, u64::MAX, "an echo connection never expires");
+    }
 
     fn addr(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])

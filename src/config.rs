@@ -40,6 +40,13 @@ pub enum ConfigError {
         min = MESH_KEY_BYTES_MIN
     )]
     MeshKeyTooShort { len: usize },
+    /// `[ws] echo` turns tokens off: it is refused on any listener a remote
+    /// host could reach.
+    #[error(
+        "ws.echo (CORECAST_WS_ECHO) is a conformance-test mode with no token check: \
+         ws.listen must be a loopback address, not {listen}"
+    )]
+    EchoOffLoopback { listen: SocketAddr },
 }
 
 fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
@@ -111,6 +118,10 @@ pub struct WsConfig {
     /// upgrade. Empty: any origin, and requests without `Origin` (non-browser
     /// clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Conformance mode, never for production: every data message is echoed
+    /// back and no token is asked for (each connection gets a uid of its
+    /// own). Refused unless `listen` is a loopback address.
+    pub echo: bool,
 }
 
 impl Default for WsConfig {
@@ -120,6 +131,7 @@ impl Default for WsConfig {
             backlog: 4096,
             free_join: false,
             allowed_origins: Vec::new(),
+            echo: false,
         }
     }
 }
@@ -413,6 +425,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CORECAST_NODE_PUSHES_PER_SEC_MAX",
         "limits.node_pushes_per_sec_max",
     ),
+    (
+        "CORECAST_CLIENT_MESSAGE_BYTES_MAX",
+        "limits.client_message_bytes_max",
+    ),
+    ("CORECAST_WS_ECHO", "ws.echo (1/0 or true/false)"),
 ];
 
 /// Checks one `allowed_origins` entry: `http://` or `https://`, a host, an
@@ -443,6 +460,18 @@ where
         .trim()
         .parse()
         .map_err(|e: T::Err| invalid(name, format!("{value:?}: {e}")))
+}
+
+/// A switch: `1`/`true` or `0`/`false`.
+fn parse_flag(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        other => Err(invalid(
+            name,
+            format!("{other:?}: expected 1, 0, true or false"),
+        )),
+    }
 }
 
 fn split_list(value: &str) -> Vec<String> {
@@ -513,7 +542,7 @@ impl Config {
                 "CORECAST_MAX_CHANNELS_PER_USER" => {
                     self.limits.max_channels_per_user = parse_env(name, &value)?
                 }
-                "CORECAST_FREE_JOIN" => self.ws.free_join = parse_env(name, &value)?,
+                "CORECAST_FREE_JOIN" => self.ws.free_join = parse_flag(name, &value)?,
                 "CORECAST_HTTP_IDLE_TIMEOUT_MS" => {
                     self.limits.http_idle_timeout_ms = parse_env(name, &value)?
                 }
@@ -557,6 +586,10 @@ impl Config {
                 "CORECAST_NODE_PUSHES_PER_SEC_MAX" => {
                     self.limits.node_pushes_per_sec_max = parse_env(name, &value)?
                 }
+                "CORECAST_CLIENT_MESSAGE_BYTES_MAX" => {
+                    self.limits.client_message_bytes_max = parse_env(name, &value)?
+                }
+                "CORECAST_WS_ECHO" => self.ws.echo = parse_flag(name, &value)?,
                 _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
@@ -674,6 +707,11 @@ impl Config {
                     limits::TICK_MS
                 ),
             ));
+        }
+        if self.ws.echo && !self.ws.listen.ip().is_loopback() {
+            return Err(ConfigError::EchoOffLoopback {
+                listen: self.ws.listen,
+            });
         }
         if self.ws.listen.port() != 0 && self.ws.listen == self.http.listen {
             return Err(invalid("http.listen", "must differ from ws.listen"));
@@ -840,6 +878,56 @@ mod tests {
         assert!(!format!("{config:?}").contains(&config.cluster.mesh_key));
         let from_file = Config::from_toml("[cluster]\nmesh_key = \"abc\"\n").unwrap();
         assert_eq!(from_file.cluster.mesh_key, "abc");
+    }
+
+    #[test]
+    fn echo_is_set_by_env_and_refused_off_loopback() {
+        let env: HashMap<&str, &str> = [
+            ("CORECAST_WS_ECHO", "1"),
+            ("CORECAST_CLIENT_MESSAGE_BYTES_MAX", "65536"),
+        ]
+        .into();
+        let mut config = Config::default();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert!(config.ws.echo);
+        assert_eq!(config.limits.client_message_bytes_max, 65_536);
+        config.validate().expect("echo on 127.0.0.1 is allowed");
+        config.ws.listen = "[::1]:0".parse().unwrap();
+        config.validate().expect("echo on ::1 is allowed");
+        for listen in ["0.0.0.0:8080", "10.1.2.3:8080", "[::]:8080"] {
+            config.ws.listen = listen.parse().unwrap();
+            assert!(
+                matches!(config.validate(), Err(ConfigError::EchoOffLoopback { .. })),
+                "{listen}"
+            );
+        }
+        let toml = Config::from_toml("[ws]\necho = true\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        assert!(matches!(
+            toml.validate(),
+            Err(ConfigError::EchoOffLoopback { .. })
+        ));
+    }
+
+    #[test]
+    fn a_switch_takes_1_0_true_false_only() {
+        for (value, want) in [
+            ("1", true),
+            ("true", true),
+            ("0", false),
+            (" false ", false),
+        ] {
+            let mut config = Config::default();
+            config
+                .apply_env(|k| (k == "CORECAST_WS_ECHO").then(|| value.to_string()))
+                .unwrap();
+            assert_eq!(config.ws.echo, want, "{value:?}");
+        }
+        let err = Config::default()
+            .apply_env(|k| (k == "CORECAST_WS_ECHO").then(|| "yes".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CORECAST_WS_ECHO"), "{err}");
     }
 
     #[test]

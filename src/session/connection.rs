@@ -67,6 +67,7 @@ impl Connection {
         ProtocolLimits {
             message_bytes_max: limits.client_message_bytes_max,
             messages_per_tick_max: limits.client_messages_per_sec_max,
+            echo: self.hub.config.ws.echo,
         }
     }
 
@@ -110,6 +111,7 @@ impl Connection {
     fn apply(&self, action: Action, tick: u32) {
         match action {
             Action::Pong(pong) => self.channel.send_pong(&pong),
+            Action::Echo(frame) => self.send_within_caps(&frame),
             Action::Join(room) if self.channel.is_open() => {
                 let permitted = self.hub.config.ws.free_join || self.channel.permits(&room);
                 let joined = if permitted {
@@ -158,8 +160,13 @@ impl Connection {
     }
 
     fn reply(&self, text: &str) {
-        let bytes: Bytes = frame::encode_text(text);
-        if self.channel.send(&bytes, self.hub.queue_caps()) == Sent::Overflow {
+        self.send_within_caps(&frame::encode_text(text));
+    }
+
+    /// Sends a frame of this connection's own (a reply, an echo) within the
+    /// send-queue caps: a client that does not read them is a slow consumer.
+    fn send_within_caps(&self, bytes: &Bytes) {
+        if self.channel.send(bytes, self.hub.queue_caps()) == Sent::Overflow {
             self.channel
                 .close(DisconnectReason::SlowConsumer, self.hub.tick(), true);
         }

@@ -6,6 +6,10 @@
 //! [`Protocol::on_bytes`] and carries the actions out. Split this way (the
 //! model is quinn-proto's `handle_*`/`poll_*`), every rule of the client
 //! protocol is tested with byte literals, without sockets.
+//!
+//! In echo mode (`[ws] echo`, a conformance-test mode for loopback only)
+//! every data message is answered with a copy of itself instead of being
+//! parsed; every frame-level rule still holds.
 
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -24,6 +28,9 @@ const ACTIONS_INLINE: usize = 4;
 pub enum Action {
     /// Send this pong (the answer to a ping).
     Pong(Bytes),
+    /// Echo mode: send this frame, a copy of the client's whole message
+    /// (same type, one frame), within the send-queue caps.
+    Echo(Bytes),
     /// The client asks to join a room (permission is the caller's check).
     Join(String),
     /// The client leaves a room.
@@ -56,6 +63,9 @@ pub struct ProtocolLimits {
     /// Client messages per heartbeat tick (one second); twice this in one
     /// tick closes the connection.
     pub messages_per_tick_max: u32,
+    /// Echo mode: data messages are echoed, neither parsed nor counted in
+    /// the rate window (pings still are).
+    pub echo: bool,
 }
 
 /// Bytes of a frame or message that arrived in pieces. Exists only while
@@ -64,8 +74,103 @@ pub struct ProtocolLimits {
 struct Partial {
     /// Undecoded bytes (a frame cut by the read boundary).
     pending: Vec<u8>,
-    /// A fragmented data message being assembled: (is_text, payload).
-    message: Option<(bool, Vec<u8>)>,
+    /// A fragmented data message being assembled.
+    message: Option<Fragmented>,
+    /// Text: bytes of the cut frame's payload (at the start of `pending`)
+    /// known to be valid UTF-8, so that bad text fails as its bytes come
+    /// in, not when the frame is whole.
+    cut_utf8_checked: usize,
+}
+
+impl Partial {
+    /// Checks the UTF-8 of a cut text frame's payload as far as it came,
+    /// after what is unchecked of the message before it (at most an
+    /// incomplete character); each payload byte is checked once, but for
+    /// up to three of an incomplete character at the end.
+    fn check_cut_text(&mut self, cut: &[u8]) -> Result<(), FrameError> {
+        let Some(cut) = frame::cut_client_frame(cut) else {
+            return Ok(());
+        };
+        let before: &[u8] = match (cut.opcode, &self.message) {
+            (OpCode::Data(Data::Text), None) => &[],
+            (OpCode::Data(Data::Continue), Some(message)) if message.is_text => {
+                &message.body[message.utf8_checked..]
+            }
+            // Binary, control, or out of place (refused once whole).
+            _ => return Ok(()),
+        };
+        let checked = self.cut_utf8_checked;
+        let before = if checked == 0 { before } else { &[] };
+        let mut text = Vec::with_capacity(before.len() + cut.payload.len() - checked);
+        text.extend_from_slice(before);
+        text.extend(
+            cut.payload[checked..]
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ cut.mask[(checked + i) & 3]),
+        );
+        let valid = match std::str::from_utf8(&text) {
+            Ok(_) => text.len(),
+            Err(e) if e.error_len().is_some() => return Err(FrameError::InvalidUtf8),
+            Err(e) => e.valid_up_to(),
+        };
+        // `before` is an incomplete character: a valid prefix that is not
+        // empty ends past it.
+        self.cut_utf8_checked = checked + valid.saturating_sub(before.len());
+        Ok(())
+    }
+}
+
+/// The fragments of one data message received so far.
+#[derive(Debug)]
+struct Fragmented {
+    is_text: bool,
+    body: Vec<u8>,
+    /// Text: `body[..utf8_checked]` is known to be valid UTF-8 (what
+    /// follows is at most an incomplete character), so that each fragment
+    /// is checked once, as it arrives, and bad text fails at the fragment
+    /// that breaks it.
+    utf8_checked: usize,
+}
+
+impl Fragmented {
+    fn new(is_text: bool, payload: &[u8]) -> Result<Self, FrameError> {
+        let mut message = Self {
+            is_text,
+            body: payload.to_vec(),
+            utf8_checked: 0,
+        };
+        message.check_utf8()?;
+        Ok(message)
+    }
+
+    /// Appends a continuation's payload and checks the text it completes.
+    fn extend(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        self.body.extend_from_slice(payload);
+        self.check_utf8()
+    }
+
+    /// Fails on a byte that no continuation could make valid; an incomplete
+    /// character at the end waits for the next fragment.
+    fn check_utf8(&mut self) -> Result<(), FrameError> {
+        if !self.is_text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.body[self.utf8_checked..]) {
+            Ok(_) => self.utf8_checked = self.body.len(),
+            Err(e) if e.error_len().is_some() => return Err(FrameError::InvalidUtf8),
+            Err(e) => self.utf8_checked += e.valid_up_to(),
+        }
+        Ok(())
+    }
+
+    /// The last fragment is in: an incomplete character left is an error.
+    fn finish(self) -> Result<(bool, Vec<u8>), FrameError> {
+        if self.is_text && self.utf8_checked != self.body.len() {
+            return Err(FrameError::InvalidUtf8);
+        }
+        Ok((self.is_text, self.body))
+    }
 }
 
 /// What the connection does once its close frame is on the wire.
@@ -140,11 +245,12 @@ impl Protocol {
             .as_mut()
             .map(|p| std::mem::take(&mut p.pending))
             .unwrap_or_default();
-        let data: &mut [u8] = if pending.is_empty() {
-            fresh
-        } else {
+        let buffered = !pending.is_empty();
+        let data: &mut [u8] = if buffered {
             pending.extend_from_slice(fresh);
             &mut pending
+        } else {
+            fresh
         };
         let mut open = open;
         let mut at = 0;
@@ -165,13 +271,9 @@ impl Protocol {
                         Ok(Actions::new())
                     };
                     match outcome {
-                        Ok(more) => {
-                            if more.iter().any(|a| matches!(a, Action::Pong(_))) {
-                                // Only the latest ping of a read is answered.
-                                actions.retain(|a| !matches!(a, Action::Pong(_)));
-                            }
-                            actions.extend(more);
-                        }
+                        // Every ping gets its pong (Autobahn 2.10 asks for
+                        // each); the channel keeps at most one pong waiting.
+                        Ok(more) => actions.extend(more),
                         Err(error) => {
                             self.fail(error, &mut actions);
                             return actions;
@@ -191,14 +293,30 @@ impl Protocol {
                 }
             }
         }
-        let rest = &data[at..];
-        if rest.is_empty() {
+        if at == data.len() {
             if self.partial.as_ref().is_some_and(|p| p.message.is_none()) {
                 self.partial = None;
             }
         } else {
-            let rest = rest.to_vec();
-            self.partial.get_or_insert_with(Box::default).pending = rest;
+            // A frame still cut: keep its bytes. Bytes that were buffered
+            // already stay where they are (no copy per read, so a large
+            // frame sent in small pieces costs linear time).
+            let same_frame = buffered && at == 0;
+            let rest = if buffered {
+                pending.drain(..at);
+                pending
+            } else {
+                data[at..].to_vec()
+            };
+            let partial = self.partial.get_or_insert_with(Box::default);
+            if !same_frame {
+                partial.cut_utf8_checked = 0;
+            }
+            if open && let Err(error) = partial.check_cut_text(&rest) {
+                self.fail(error, &mut actions);
+                return actions;
+            }
+            partial.pending = rest;
         }
         actions
     }
@@ -243,16 +361,17 @@ impl Protocol {
             }
             OpCode::Data(Data::Continue) => {
                 let partial = self.partial.as_mut().ok_or(FrameError::BadFragment)?;
-                let (is_text, mut body) = partial.message.take().ok_or(FrameError::BadFragment)?;
-                let size = body.len() + payload.len();
+                let mut message = partial.message.take().ok_or(FrameError::BadFragment)?;
+                let size = message.body.len() + payload.len();
                 if size > limits.message_bytes_max {
                     return Err(FrameError::TooBig(size as u64));
                 }
-                body.extend_from_slice(payload);
+                message.extend(payload)?;
                 if is_final {
+                    let (is_text, body) = message.finish()?;
                     self.on_message(is_text, &body, tick, limits, &mut actions)?;
                 } else {
-                    self.partial.get_or_insert_with(Box::default).message = Some((is_text, body));
+                    self.partial.get_or_insert_with(Box::default).message = Some(message);
                 }
             }
             OpCode::Data(kind) => {
@@ -261,10 +380,13 @@ impl Protocol {
                 }
                 let is_text = kind == Data::Text;
                 if is_final {
+                    if is_text && std::str::from_utf8(payload).is_err() {
+                        return Err(FrameError::InvalidUtf8);
+                    }
                     self.on_message(is_text, payload, tick, limits, &mut actions)?;
                 } else {
-                    self.partial.get_or_insert_with(Box::default).message =
-                        Some((is_text, payload.to_vec()));
+                    let message = Fragmented::new(is_text, payload)?;
+                    self.partial.get_or_insert_with(Box::default).message = Some(message);
                 }
             }
         }
@@ -302,7 +424,8 @@ impl Protocol {
         true
     }
 
-    /// A whole client message: rate-limited, then join/leave or an error.
+    /// A whole client message (text already checked as UTF-8): echoed in
+    /// echo mode; else rate-limited, then join/leave or an error.
     fn on_message(
         &mut self,
         is_text: bool,
@@ -311,8 +434,10 @@ impl Protocol {
         limits: &ProtocolLimits,
         actions: &mut Actions,
     ) -> Result<(), FrameError> {
-        if is_text && std::str::from_utf8(body).is_err() {
-            return Err(FrameError::InvalidUtf8);
+        if limits.echo {
+            let kind = if is_text { Data::Text } else { Data::Binary };
+            actions.push(Action::Echo(frame::encode(OpCode::Data(kind), body)));
+            return Ok(());
         }
         if !self.count_message(tick, limits, actions) {
             return Ok(());
@@ -337,6 +462,12 @@ mod tests {
     const LIMITS: ProtocolLimits = ProtocolLimits {
         message_bytes_max: 64,
         messages_per_tick_max: 3,
+        echo: false,
+    };
+
+    const ECHO: ProtocolLimits = ProtocolLimits {
+        echo: true,
+        ..LIMITS
     };
 
     /// A masked client frame (payload under 126 bytes).
@@ -541,14 +672,20 @@ mod tests {
     }
 
     #[test]
-    fn only_the_latest_ping_of_a_read_is_answered() {
+    fn every_ping_of_a_read_is_answered_in_order() {
+        // The channel keeps at most one pong waiting (RFC 6455 5.5.3); the
+        // protocol answers each ping, as Autobahn case 2.10 asks.
         let mut p = Protocol::new(0);
         let mut bytes = masked(PING, b"1");
         bytes.extend(masked(PING, b"2"));
         bytes.extend(masked(PING, b"3"));
         assert_eq!(
             feed(&mut p, &bytes, true),
-            vec![Action::Pong(Bytes::from_static(b"\x8a\x013"))]
+            vec![
+                Action::Pong(Bytes::from_static(b"\x8a\x011")),
+                Action::Pong(Bytes::from_static(b"\x8a\x012")),
+                Action::Pong(Bytes::from_static(b"\x8a\x013")),
+            ]
         );
     }
 
@@ -561,7 +698,10 @@ mod tests {
             .iter()
             .filter(|a| matches!(a, Action::Pong(_)))
             .count();
-        assert_eq!(pongs, 1, "one pong for the read: {actions:?}");
+        assert_eq!(
+            pongs, LIMITS.messages_per_tick_max as usize,
+            "pongs up to the rate limit: {actions:?}"
+        );
         assert_eq!(
             actions.last(),
             Some(&Action::Close {
@@ -588,6 +728,277 @@ mod tests {
         let mut failed = Protocol::new(0);
         feed(&mut failed, b"\x81\x01a", true);
         assert_eq!(failed.on_close_flushed(), AfterClose::ShutAndEnd);
+    }
+
+    const CONTINUE: u8 = 0x00;
+
+    fn feed_echo(protocol: &mut Protocol, bytes: &[u8]) -> Vec<Action> {
+        let mut bytes = bytes.to_vec();
+        protocol
+            .on_bytes(&mut bytes, 0, true, &ECHO)
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn echo_mode_answers_text_and_binary_with_their_copy() {
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT, b"hi");
+        bytes.extend(masked(BINARY, b"\x00\xff"));
+        bytes.extend(masked(TEXT, b""));
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![
+                Action::Echo(Bytes::from_static(b"\x81\x02hi")),
+                Action::Echo(Bytes::from_static(b"\x82\x02\x00\xff")),
+                Action::Echo(Bytes::from_static(b"\x81\x00")),
+            ]
+        );
+    }
+
+    #[test]
+    fn echo_mode_neither_parses_nor_rate_limits_data_messages() {
+        let mut p = Protocol::new(0);
+        let join = masked(TEXT, br#"{"type":"join","room":"r"}"#);
+        let bytes: Vec<u8> = std::iter::repeat_n(join, 10).flatten().collect();
+        let actions = feed_echo(&mut p, &bytes);
+        assert_eq!(
+            actions.len(),
+            10,
+            "10 messages over a limit of 3: {actions:?}"
+        );
+        assert!(actions.iter().all(
+            |a| matches!(a, Action::Echo(frame) if &frame[2..] == br#"{"type":"join","room":"r"}"#)
+        ));
+    }
+
+    #[test]
+    fn echo_mode_still_rate_limits_pings() {
+        let mut p = Protocol::new(0);
+        let bytes: Vec<u8> = (0..7).flat_map(|_| masked(PING, b"")).collect();
+        let actions = feed_echo(&mut p, &bytes);
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Close {
+                reason: DisconnectReason::RateLimited,
+                failed: false
+            })
+        );
+    }
+
+    #[test]
+    fn echo_mode_sends_a_fragmented_message_back_whole_after_an_interleaved_ping() {
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"he");
+        bytes.extend(masked(PING, b"p"));
+        bytes.extend(masked(CONTINUE, b"l"));
+        bytes.extend(masked(CONTINUE_LAST, b"lo"));
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![
+                Action::Pong(Bytes::from_static(b"\x8a\x01p")),
+                Action::Echo(Bytes::from_static(b"\x81\x05hello")),
+            ]
+        );
+        assert!(p.partial.is_none());
+        let mut bytes = masked(0x02, b"\x01");
+        bytes.extend(masked(CONTINUE_LAST, b"\x02"));
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![Action::Echo(Bytes::from_static(b"\x82\x02\x01\x02"))]
+        );
+    }
+
+    #[test]
+    fn echo_mode_keeps_every_frame_rule() {
+        let failed = |reason| {
+            vec![Action::Close {
+                reason,
+                failed: true,
+            }]
+        };
+        let mut rsv = masked(TEXT, b"x");
+        rsv[0] |= 0x20;
+        let cases: [(&str, Vec<u8>, Vec<Action>); 6] = [
+            (
+                "unmasked",
+                b"\x81\x01a".to_vec(),
+                failed(DisconnectReason::ProtocolError),
+            ),
+            ("rsv bit", rsv, failed(DisconnectReason::ProtocolError)),
+            (
+                "reserved opcode",
+                masked(0x83, b""),
+                failed(DisconnectReason::ProtocolError),
+            ),
+            (
+                "bad utf-8",
+                masked(TEXT, b"\xc3\x28"),
+                failed(DisconnectReason::InvalidUtf8),
+            ),
+            (
+                "continuation first",
+                masked(CONTINUE_LAST, b"x"),
+                failed(DisconnectReason::ProtocolError),
+            ),
+            (
+                "over the message cap",
+                masked(BINARY, &[0; 65]),
+                vec![
+                    Action::Refused(Limit::ClientMessageBytes),
+                    Action::Close {
+                        reason: DisconnectReason::MessageTooBig,
+                        failed: true,
+                    },
+                ],
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let mut p = Protocol::new(0);
+            assert_eq!(feed_echo(&mut p, &bytes), want, "{what}");
+            assert!(p.failed(), "{what}");
+        }
+        // A text frame inside a fragmented message breaks it.
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"a");
+        bytes.extend(masked(TEXT, b"b"));
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            failed(DisconnectReason::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn a_character_split_between_fragments_is_valid_text() {
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"a\xc3");
+        bytes.extend(masked(CONTINUE_LAST, b"\xa9"));
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![Action::Echo(Bytes::from_static(b"\x81\x03a\xc3\xa9"))]
+        );
+    }
+
+    #[test]
+    fn bad_text_fails_at_the_fragment_that_breaks_it() {
+        // Autobahn 6.4.1: the second fragment holds a code point past
+        // U+10FFFF; the connection fails before the last fragment comes.
+        let mut p = Protocol::new(0);
+        let first = masked(TEXT_FIRST, b"\xce\xba\xe1\xbd\xb9");
+        assert!(feed_echo(&mut p, &first).is_empty());
+        let second = masked(CONTINUE, b"\xf4\x90\x80\x80");
+        assert_eq!(
+            feed_echo(&mut p, &second),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_message_ending_inside_a_character_is_bad_text() {
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"a");
+        bytes.extend(masked(CONTINUE_LAST, b"\xc3"));
+        assert_eq!(
+            feed(&mut p, &bytes, true),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_close_code_that_may_not_be_sent_fails_with_1002() {
+        for code in [0u16, 999, 1005, 1006, 1015, 2000, 5000] {
+            let mut p = Protocol::new(0);
+            assert_eq!(
+                feed(&mut p, &masked(CLOSE, &code.to_be_bytes()), true),
+                vec![Action::Close {
+                    reason: DisconnectReason::ProtocolError,
+                    failed: true
+                }],
+                "{code}"
+            );
+        }
+        let mut p = Protocol::new(0);
+        assert_eq!(
+            feed(&mut p, &masked(CLOSE, &3000u16.to_be_bytes()), true),
+            vec![Action::CloseEcho(Some(3000))]
+        );
+    }
+
+    #[test]
+    fn bad_text_fails_as_soon_as_its_bytes_arrive_in_a_cut_frame() {
+        // Autobahn 6.4.3: one frame in three pieces; the second holds a
+        // code point past U+10FFFF.
+        let mut p = Protocol::new(0);
+        let frame = masked(TEXT, b"\xce\xba\xe1\xbd\xb9\xf4\x90\x80\x80edited");
+        let (first, rest) = frame.split_at(6 + 5);
+        let (second, _third) = rest.split_at(4);
+        assert!(feed_echo(&mut p, first).is_empty());
+        assert_eq!(
+            feed_echo(&mut p, second),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+        // The same in a continuation, after a fragment that ends inside a
+        // character whose next byte is bad.
+        let mut p = Protocol::new(0);
+        let mut bytes = masked(TEXT_FIRST, b"a\xe1");
+        let continuation = masked(CONTINUE_LAST, b"\xbd\x28rest");
+        bytes.extend_from_slice(&continuation[..6 + 2]);
+        assert_eq!(
+            feed_echo(&mut p, &bytes),
+            vec![Action::Close {
+                reason: DisconnectReason::InvalidUtf8,
+                failed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn good_text_cut_anywhere_is_echoed_whole() {
+        let text = "κόσμε – ok 🦀".as_bytes();
+        let mut frames = masked(TEXT_FIRST, &text[..3]);
+        frames.extend(masked(CONTINUE_LAST, &text[3..]));
+        for cut in 1..frames.len() {
+            let mut p = Protocol::new(0);
+            let mut actions = feed_echo(&mut p, &frames[..cut]);
+            actions.extend(feed_echo(&mut p, &frames[cut..]));
+            let mut want = vec![0x81, text.len() as u8];
+            want.extend_from_slice(text);
+            assert_eq!(
+                actions,
+                vec![Action::Echo(Bytes::from(want))],
+                "cut at {cut}"
+            );
+        }
+        // Byte by byte too.
+        let mut p = Protocol::new(0);
+        let mut actions = Vec::new();
+        for byte in &frames {
+            actions.extend(feed_echo(&mut p, std::slice::from_ref(byte)));
+        }
+        assert!(matches!(&actions[..], [Action::Echo(_)]), "{actions:?}");
+    }
+
+    #[test]
+    fn a_frame_sent_byte_by_byte_is_decoded_once_whole() {
+        let mut p = Protocol::new(0);
+        let whole = masked(BINARY, &[7; 60]);
+        let mut actions = Vec::new();
+        for byte in &whole {
+            actions.extend(feed_echo(&mut p, std::slice::from_ref(byte)));
+        }
+        let mut want = vec![0x82, 60];
+        want.extend_from_slice(&[7; 60]);
+        assert_eq!(actions, vec![Action::Echo(Bytes::from(want))]);
+        assert!(p.partial.is_none());
     }
 
     #[test]

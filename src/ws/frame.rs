@@ -233,6 +233,30 @@ pub fn decode_client_frame(
     )))
 }
 
+/// The start of a client frame whose payload has not all arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CutFrame<'a> {
+    pub opcode: OpCode,
+    pub mask: [u8; 4],
+    /// The payload bytes so far, still masked.
+    pub payload: &'a [u8],
+}
+
+/// The frame at the start of `buf` when its header is whole but its
+/// payload is not (what [`decode_client_frame`] answers `None` for once
+/// the header is in); `None` otherwise.
+pub fn cut_client_frame(buf: &[u8]) -> Option<CutFrame<'_>> {
+    let mut cursor = Cursor::new(buf);
+    let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+    let header_len = cursor.position() as usize;
+    let payload = &buf[header_len..];
+    ((payload.len() as u64) < len).then_some(CutFrame {
+        opcode: header.opcode,
+        mask: header.mask?,
+        payload,
+    })
+}
+
 /// Whether a peer may send `code` in a close frame (RFC 6455 section 7.4):
 /// the codes defined in 7.4.1 and registered with IANA (1000-1003,
 /// 1007-1014), and the ranges for libraries (3000-3999) and applications
@@ -374,6 +398,17 @@ mod tests {
             decode_client_frame(&mut big, 10).unwrap_err().close_code(),
             CloseCode::TooBig
         );
+    }
+
+    #[test]
+    fn a_cut_frame_shows_its_header_and_payload_so_far() {
+        let whole = masked(0x1, true, b"hello");
+        let cut = cut_client_frame(&whole[..8]).expect("cut after 2 payload bytes");
+        assert_eq!(cut.opcode, OpCode::Data(Data::Text));
+        assert_eq!(cut.mask, [1, 2, 3, 4]);
+        assert_eq!(cut.payload, &whole[6..8]);
+        assert_eq!(cut_client_frame(&whole), None, "a whole frame is not cut");
+        assert_eq!(cut_client_frame(&whole[..1]), None, "no header yet");
     }
 
     #[test]
