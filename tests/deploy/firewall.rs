@@ -8,6 +8,10 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// A mesh key of 16 two-byte characters: 32 bytes, the minimum.
+const UTF8_MESH_KEY: &str = "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}";
+const _: () = assert!(UTF8_MESH_KEY.len() == 32);
+
 /// `nft -c -f file`: parses and evaluates the ruleset without applying it.
 /// nft needs CAP_NET_ADMIN even for -c (it reads the kernel's cache): when
 /// not root, it runs inside a new user and network namespace (`unshare
@@ -139,11 +143,16 @@ fn mesh_firewall_lists_every_peer_address() {
     };
     let mut standalone = host("10.9.0.4", 7400);
     standalone["corecast_mesh_enabled"] = json!(false);
+    // A stand-alone node needs no mesh key.
+    standalone["corecast_mesh_key"] = json!("");
     let inventory_doc = json!({
         "all": {
             "vars": local_run_vars(
                 &binary,
-                json!({ "corecast_mesh_firewall_allow": ["192.0.2.0/24"] }),
+                json!({
+                    "corecast_mesh_firewall_allow": ["192.0.2.0/24"],
+                    "corecast_mesh_key": UTF8_MESH_KEY,
+                }),
             ),
             "children": {
                 "corecast": { "hosts": {
@@ -182,6 +191,12 @@ fn mesh_firewall_lists_every_peer_address() {
     // The config lists the same peers.
     let config =
         std::fs::read_to_string(dir.join("root-10_9_0_1/etc/corecast/corecast.toml")).unwrap();
+    // 16 characters, 32 bytes: enough for corecast, which counts bytes; TOML
+    // takes it as UTF-8 (no \u escapes, whose surrogate pairs TOML refuses).
+    assert!(
+        config.contains(&format!("mesh_key = \"{UTF8_MESH_KEY}\"")),
+        "{config}"
+    );
     for peer in [
         "tcp://10.9.0.1:7401",
         "tcp://[fd00:cc::2]:7402",
@@ -192,13 +207,13 @@ fn mesh_firewall_lists_every_peer_address() {
     }
     nft_check(&path);
 
-    // No mesh, no firewall file.
+    // No mesh, no firewall file, no mesh key.
     assert!(
         !dir.join("root-10_9_0_4/etc/nftables.d/corecast-mesh.nft")
             .exists()
     );
-    assert!(
-        dir.join("root-10_9_0_4/etc/corecast/corecast.toml")
-            .exists()
-    );
+    let standalone =
+        std::fs::read_to_string(dir.join("root-10_9_0_4/etc/corecast/corecast.toml")).unwrap();
+    assert!(standalone.contains("mesh_listen = \"\""), "{standalone}");
+    assert!(!standalone.contains("mesh_key"), "{standalone}");
 }

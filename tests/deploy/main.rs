@@ -13,9 +13,10 @@
 //! stop what they started by PID.
 //!
 //! Needs the Debian packages listed in `.ci/apt-packages-deploy.txt`
-//! (ansible, ansible-lint, prometheus, systemd, shellcheck, nftables). A
-//! missing tool fails the test that needs it, except `systemd-analyze`, which
-//! is skipped with a message where the command does not exist.
+//! (ansible, ansible-lint, prometheus, systemd, shellcheck, nftables, and
+//! libzmq5, which the installed binary links). A missing tool fails the test
+//! that needs it, except `systemd-analyze`, which is skipped with a message
+//! where the command does not exist.
 mod ansible_lint;
 mod firewall;
 mod http;

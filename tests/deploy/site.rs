@@ -51,6 +51,7 @@ fn site_installs_binary_config_unit_and_monitoring() {
             format!("node_id = \"{host}\""),
             format!("mesh_listen = \"tcp://127.0.0.1:{}\"", p.mesh),
             format!("jwt_secret = \"{JWT_SECRET}\""),
+            format!("mesh_key = \"{MESH_KEY}\""),
             format!("api_keys = [\"{API_KEY}\"]"),
         ] {
             assert!(
@@ -66,7 +67,8 @@ fn site_installs_binary_config_unit_and_monitoring() {
                 "{host}: peer {peer} missing:\n{config}"
             );
         }
-        // The secrets file is not world-readable.
+        // The secrets file (JWT secret, API keys and mesh key) is not
+        // world-readable.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(d.config(host))
             .unwrap()
@@ -127,29 +129,73 @@ fn site_second_run_changes_nothing() {
     }
 }
 
-#[test]
-fn site_refuses_missing_secrets() {
+/// Runs site.yml on the test inventory with `edit` applied to it, into a
+/// fresh root (`name`) so that the shared installation is never touched, and
+/// asserts that the run fails before any node config is written. Returns the
+/// run's stdout.
+fn site_refused(name: &str, edit: impl FnOnce(&mut Value)) -> String {
     let d = deployment();
-    let dir = scratch_sub("no-secrets");
+    let dir = scratch_sub(name);
     let inventory = dir.join("inventory.json");
     let mut doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&d.inventory).unwrap()).unwrap();
-    let vars = doc["all"]["vars"].as_object_mut().unwrap();
-    vars.insert("corecast_jwt_secret".into(), json!(""));
-    // Another root: this run must not touch the shared installation.
     for host in NODES {
         doc["all"]["children"]["corecast"]["hosts"][host]["corecast_root"] = json!(dir.join(host));
     }
     doc["all"]["children"]["monitoring"]["hosts"]["mon"]["corecast_root"] = json!(dir.join("mon"));
+    edit(&mut doc);
     std::fs::write(&inventory, doc.to_string()).unwrap();
     let out = ansible_playbook(&inventory, "site.yml", &dir);
     let stdout = text(&out.stdout);
     assert!(
         !out.status.success(),
-        "site.yml accepted an empty JWT secret:\n{stdout}"
+        "{name}: site.yml succeeded:\n{stdout}"
     );
+    for host in NODES {
+        assert!(
+            !dir.join(host).join("etc/corecast/corecast.toml").exists(),
+            "{name}: {host}'s config was written"
+        );
+    }
+    stdout
+}
+
+#[test]
+fn site_refuses_missing_secrets() {
+    let stdout = site_refused("no-jwt-secret", |doc| {
+        doc["all"]["vars"]["corecast_jwt_secret"] = json!("");
+    });
     assert!(stdout.contains("corecast_jwt_secret"), "{stdout}");
-    assert!(!dir.join("node-a/etc/corecast/corecast.toml").exists());
+
+    // No mesh key at all (the role default is empty).
+    let stdout = site_refused("no-mesh-key", |doc| {
+        doc["all"]["vars"]
+            .as_object_mut()
+            .unwrap()
+            .remove("corecast_mesh_key");
+    });
+    assert!(
+        stdout.contains("corecast_mesh_key (>= 32 bytes"),
+        "{stdout}"
+    );
+
+    // 31 bytes: one short of what corecast accepts. The key is never printed.
+    let short = &MESH_KEY[..31];
+    let stdout = site_refused("short-mesh-key", |doc| {
+        doc["all"]["vars"]["corecast_mesh_key"] = json!(short);
+    });
+    assert!(
+        stdout.contains("corecast_mesh_key (>= 32 bytes"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(short), "the key was printed:\n{stdout}");
+
+    // Nodes of one cluster with different keys would never mesh.
+    let stdout = site_refused("mesh-key-mismatch", |doc| {
+        doc["all"]["children"]["corecast"]["hosts"]["node-b"]["corecast_mesh_key"] =
+            json!(format!("{MESH_KEY}-other"));
+    });
+    assert!(stdout.contains("hold another key: node-b."), "{stdout}");
 }
 
 #[test]

@@ -15,6 +15,9 @@ use crate::{http::*, metric_names::*};
 
 pub const JWT_SECRET: &str = "deploy-test-secret-0123456789abcdef0123456789";
 pub const API_KEY: &str = "deploy-test-api-key-0123456789";
+/// `[cluster] mesh_key` of the test deployment: 41 bytes, the two nodes mesh
+/// over CURVE with it.
+pub const MESH_KEY: &str = "deploy-test-mesh-key-0123456789abcdefghij";
 pub const NODES: [&str; 2] = ["node-a", "node-b"];
 
 pub fn repo() -> &'static Path {
@@ -371,6 +374,7 @@ pub fn local_run_vars(binary: &std::path::Path, extra: serde_json::Value) -> ser
         "corecast_firewall_apply": false,
         "corecast_binary_src": binary,
         "corecast_jwt_secret": JWT_SECRET,
+        "corecast_mesh_key": MESH_KEY,
         "corecast_api_keys": [API_KEY],
     });
     if let (Some(vars), Some(extra)) = (vars.as_object_mut(), extra.as_object()) {
