@@ -5,13 +5,14 @@ whether another user's push still goes through.
 
     bench/scripts/hostile-http.py BINARY ATTACK
 
-ATTACK is one of: pollers, slow-upload, flood, batch, banner, close, scrape.
+ATTACK is one of: pollers, slow-upload, flood, batch, banner, close, scrape,
+silent-handshakes, ping-flood.
 Prints one JSON line. Stdlib only; starts its own node on loopback ports
 (one core per node, settings through a TOML file so that older binaries,
 which lack the newer environment variables, take them too). The regression
 tests in tests/ (http_slots.rs, push_budget.rs, batch_uids.rs,
-dev_banner.rs, close_codes.rs, metrics_cache.rs) are the pass/fail form of
-the same attacks.
+dev_banner.rs, close_codes.rs, metrics_cache.rs, handshake_slots.rs,
+ping_flood.rs) are the pass/fail form of the same attacks.
 """
 
 import base64
@@ -362,7 +363,70 @@ def scrape(binary):
     return result
 
 
-ATTACKS = {"pollers": pollers, "slow-upload": slow_upload, "flood": flood, "batch": batch,
+def silent_handshakes(binary):
+    """1,500 connections from one address to the WebSocket port that never
+    send a byte; then a client from another address upgrades."""
+    node = Node(binary)
+    rss0 = node.rss_kib()
+    silent = [connect(node.ws, ATTACKER) for _ in range(1500)]
+    time.sleep(0.5)
+    t0 = time.time()
+    try:
+        ws = Ws(node.ws, "honest")
+        upgraded_after = round(time.time() - t0, 3)
+        ws.s.close()
+    except (OSError, AssertionError) as e:
+        upgraded_after = f"failed: {e}"
+    refused = 0
+    for s in silent[-100:]:
+        s.settimeout(0.5)
+        try:
+            if s.recv(64).startswith(b"HTTP/1.1 503"):
+                refused += 1
+        except OSError:
+            pass
+    rss1 = node.rss_kib()
+    result = {"attack": "silent-handshakes", "honest_upgrade_after_s": upgraded_after,
+              "last_100_answered_503": refused, "rss_kib": [rss0, rss1],
+              "victim": victim_gets_push(node)}
+    for s in silent:
+        s.close()
+    node.stop()
+    return result
+
+
+def ping_flood(binary):
+    """One user with a 2 KiB receive buffer never reads and writes up to
+    64 MiB of masked empty pings (20 s at most)."""
+    node = Node(binary)
+    rss0 = node.rss_kib()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", node.ws))
+    s.sendall((f"GET /ws?token={token('flooder')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+    ping = bytes([0x89, 0x80, 1, 2, 3, 4])
+    chunk = ping * 10_000
+    s.settimeout(2)
+    sent, t0 = 0, time.time()
+    while sent < 64 * 1024 * 1024 and time.time() - t0 < 20:
+        try:
+            sent += s.send(chunk)
+        except OSError:
+            break
+    rss1 = node.rss_kib()
+    result = {"attack": "ping-flood", "written_kib": sent // 1024,
+              "seconds": round(time.time() - t0, 1), "rss_kib": [rss0, rss1],
+              "victim": victim_gets_push(node)}
+    s.close()
+    node.stop()
+    return result
+
+
+ATTACKS = {"silent-handshakes": silent_handshakes, "ping-flood": ping_flood,
+           "pollers": pollers, "slow-upload": slow_upload, "flood": flood, "batch": batch,
            "banner": banner, "close": close, "scrape": scrape}
 
 if __name__ == "__main__":
