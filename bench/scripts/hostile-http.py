@@ -407,6 +407,10 @@ def ping_flood(binary):
     s.sendall((f"GET /ws?token={token('flooder')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
     ping = bytes([0x89, 0x80, 1, 2, 3, 4])
     chunk = ping * 10_000
     s.settimeout(2)
