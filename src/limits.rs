@@ -25,7 +25,7 @@ pub const HANDSHAKE_HEADERS_MAX: usize = 64;
 
 /// Client message caps a configuration may choose between.
 pub const CLIENT_MESSAGE_BYTES_MIN: usize = 256;
-pub const CLIENT_MESSAGE_BYTES_CEILING: usize = 1024 * 1024;
+pub const CLIENT_MESSAGE_BYTES_CEILING: usize = 16 * 1024 * 1024;
 
 /// Largest `client_messages_per_sec_max` (a connection counts its
 /// messages in 16 bits, and twice the limit must fit).
