@@ -79,6 +79,12 @@ class Node:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
 
+    def cpu_s(self):
+        """The node's CPU time so far (utime + stime), seconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.kill()
         self.proc.wait()
@@ -367,7 +373,7 @@ def silent_handshakes(binary):
     """1,500 connections from one address to the WebSocket port that never
     send a byte; then a client from another address upgrades."""
     node = Node(binary)
-    rss0 = node.rss_kib()
+    rss0, cpu0 = node.rss_kib(), node.cpu_s()
     silent = [connect(node.ws, ATTACKER) for _ in range(1500)]
     time.sleep(0.5)
     t0 = time.time()
@@ -388,6 +394,7 @@ def silent_handshakes(binary):
     rss1 = node.rss_kib()
     result = {"attack": "silent-handshakes", "honest_upgrade_after_s": upgraded_after,
               "last_100_answered_503": refused, "rss_kib": [rss0, rss1],
+              "node_cpu_s": round(node.cpu_s() - cpu0, 3),
               "victim": victim_gets_push(node)}
     for s in silent:
         s.close()
@@ -399,7 +406,7 @@ def ping_flood(binary):
     """One user with a 2 KiB receive buffer never reads and writes up to
     64 MiB of masked empty pings (20 s at most)."""
     node = Node(binary)
-    rss0 = node.rss_kib()
+    rss0, cpu0 = node.rss_kib(), node.cpu_s()
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     s.settimeout(10)
@@ -423,6 +430,7 @@ def ping_flood(binary):
     rss1 = node.rss_kib()
     result = {"attack": "ping-flood", "written_kib": sent // 1024,
               "seconds": round(time.time() - t0, 1), "rss_kib": [rss0, rss1],
+              "node_cpu_s": round(node.cpu_s() - cpu0, 3),
               "victim": victim_gets_push(node)}
     s.close()
     node.stop()
