@@ -32,6 +32,7 @@ pub enum CloseCode {
     Error = 1011,
     TryAgainLater = 1013,
     Replaced = 4001,
+    Disconnected = 4002,
     TokenExpired = 4003,
 }
 
