@@ -34,6 +34,7 @@ pub enum CloseCode {
     Replaced = 4001,
     Disconnected = 4002,
     TokenExpired = 4003,
+    TokenInvalid = 4004,
 }
 
 /// Builds a server (unmasked) frame: header and payload in one buffer.
