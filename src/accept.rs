@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use nix::sys::socket::MsgFlags;
 
@@ -25,6 +25,7 @@ use crate::metrics::{HandshakeOutcome, Limit};
 use crate::node::Slot;
 use crate::push::home_core;
 use crate::session::connection;
+use crate::ws::assets::{self, AssetRequest};
 use crate::ws::frame::{self, CloseCode};
 use crate::ws::handshake::{self, HandshakeError, UpgradeRequest};
 
@@ -168,6 +169,21 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+/// How long a client may take to read the browser client's module.
+const ASSET_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers a request for the browser client, then closes the connection
+/// (a client that does not read it is dropped after
+/// [`ASSET_WRITE_TIMEOUT`], so it cannot hold the handshake slot).
+async fn serve_asset(mut stream: TcpStream, asset: &AssetRequest) {
+    let response = assets::response(asset);
+    let write = async {
+        let _ = stream.write_all(&response).await;
+        let _ = stream.close().await;
+    };
+    futures_lite::future::or(write, glommio::timer::sleep(ASSET_WRITE_TIMEOUT)).await;
+}
+
 /// How long a refusal closed in band waits for the client's close or FIN
 /// before dropping the socket (so the close frame is read, not reset).
 const IN_BAND_REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -227,7 +243,8 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
             core.metrics.handshake(HandshakeOutcome::IoError);
             return;
         }
-        Ok(Some(request)) => {
+        Ok(Some(Incoming::Asset(asset))) => return serve_asset(stream, &asset).await,
+        Ok(Some(Incoming::Upgrade(request))) => {
             let peer = stream.peer_addr().ok();
             match authorize(core, &request, peer) {
                 // A browser cannot read a refused upgrade's status: it gets
@@ -285,6 +302,13 @@ fn refuse(core: &Core, stream: &TcpStream, error: &HandshakeError) {
     );
 }
 
+/// A complete request on the WebSocket port.
+enum Incoming {
+    Upgrade(UpgradeRequest),
+    /// `GET /corecast.js` (see [`assets`]).
+    Asset(AssetRequest),
+}
+
 /// When a handshake must have sent its request line, and its whole head.
 #[derive(Clone, Copy, Debug)]
 struct Deadlines {
@@ -299,7 +323,7 @@ async fn read_upgrade(
     stream: &mut TcpStream,
     max: usize,
     deadlines: Deadlines,
-) -> Result<Option<UpgradeRequest>, HandshakeError> {
+) -> Result<Option<Incoming>, HandshakeError> {
     // Read straight into the request buffer: a chunk array would live in
     // the handshake task's allocation, and a bigger transient task leaves
     // bigger holes between the long-lived connection objects (heaptrack
@@ -331,8 +355,11 @@ async fn read_upgrade(
             Some(Ok(n)) => n,
         };
         buf.truncate(len + n);
+        if let Some(asset) = assets::asset_request(&buf) {
+            return Ok(Some(Incoming::Asset(asset)));
+        }
         if let Some(request) = handshake::parse_upgrade(&buf, max)? {
-            return Ok(Some(request));
+            return Ok(Some(Incoming::Upgrade(request)));
         }
     }
 }

@@ -1,6 +1,6 @@
 // corecast.js: the browser client of corecast (an ES module, no build step,
-// no dependencies). To be served by every node at GET /corecast.js (not yet
-// wired or tested: issue 12 is open).
+// no dependencies), served by every node at GET /corecast.js (CORS *, an
+// ETag). Not yet driven by a browser test: issue 12 is open.
 //
 //   import { Corecast } from "http://NODE:8080/corecast.js";
 //   const c = new Corecast("ws://NODE:8080/ws", {
