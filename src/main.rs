@@ -1,5 +1,6 @@
 //! The `corecast` binary: parse flags, load the configuration, run a node
-//! (or mint a token), and report errors in one line.
+//! (or mint a token, or check and print the configuration: `corecast config
+//! check|default`), and report errors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
