@@ -2,9 +2,15 @@
 //! embedded default.
 //!
 //! Precedence, lowest first: embedded defaults, the TOML file (`--config`),
-//! `CORECAST_*` environment variables, command-line flags. The environment
-//! variable names listed in [`ENV_VARS`] are a contract that scripts, tests
-//! and the ansible role drive nodes with: keep them stable.
+//! `CORECAST_*` environment variables, command-line flags.
+//!
+//! [`KEYS`] is the one table of every key (section, name, comment, older
+//! variable names): the unknown-key check, the environment variables
+//! (`CORECAST_<SECTION>_<KEY>`, plus each key's aliases), `corecast config
+//! default` and the variable list in docs/contract.md are all driven by it,
+//! and each key's default is the one of [`Config::default`]. The variable
+//! names are a contract that scripts, tests and the ansible role drive nodes
+//! with: keep them stable.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,7 +39,20 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("invalid value for {name}: {message}")]
-    Invalid { name: &'static str, message: String },
+    Invalid { name: String, message: String },
+    /// A key (or section) the table [`KEYS`] does not know.
+    #[error("unknown key {key}")]
+    UnknownKey { key: String },
+    /// A value of the wrong TOML type (or out of its type's range).
+    #[error("wrong type for {key}: {message}")]
+    WrongType { key: String, message: String },
+    /// An environment variable whose value does not parse for its key.
+    #[error("invalid value for {var} ({key}): {message}")]
+    Env {
+        var: String,
+        key: String,
+        message: String,
+    },
     #[error(
         "cluster.mesh_key (CORECAST_MESH_KEY) is {len} bytes: a mesh key must be at least \
          {min} bytes (e.g. `openssl rand -base64 48`)",
@@ -47,11 +66,48 @@ pub enum ConfigError {
          ws.listen must be a loopback address, not {listen}"
     )]
     EchoOffLoopback { listen: SocketAddr },
+    /// More than one of the above, every one with its key.
+    #[error("{} errors:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Several(Vec<ConfigError>),
 }
 
-fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The key (`section.name`, or a section) the error is about; `None` for
+    /// a file that cannot be read or is not TOML, and for [`Self::Several`].
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } | Self::Parse { .. } | Self::Several(_) => None,
+            Self::Invalid { name, .. } => Some(name),
+            Self::UnknownKey { key } | Self::WrongType { key, .. } | Self::Env { key, .. } => {
+                Some(key)
+            }
+            Self::MeshKeyTooShort { .. } => Some("cluster.mesh_key"),
+            Self::EchoOffLoopback { .. } => Some("ws.echo"),
+        }
+    }
+
+    /// One error for a list of them: `None` when empty, the error itself
+    /// when alone, [`Self::Several`] otherwise.
+    pub fn from_list(mut errors: Vec<ConfigError>) -> Option<Self> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(Self::Several(errors)),
+        }
+    }
+
+    /// The errors this one stands for (itself, or each of [`Self::Several`]).
+    pub fn into_list(self) -> Vec<ConfigError> {
+        match self {
+            Self::Several(errors) => errors,
+            other => vec![other],
+        }
+    }
+}
+
+fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        name,
+        name: name.to_string(),
         message: message.into(),
     }
 }
@@ -350,86 +406,329 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// The environment variables a node reads, each with what it sets.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("CORECAST_WS_LISTEN", "ws.listen"),
-    ("CORECAST_HTTP_LISTEN", "http.listen"),
-    ("CORECAST_JWT_SECRET", "auth.jwt_secret"),
-    ("CORECAST_API_KEYS", "auth.api_keys (comma-separated)"),
-    ("CORECAST_CORES", "node.cores"),
-    ("CORECAST_MAX_CONNECTIONS", "limits.max_connections"),
-    ("CORECAST_NODE_ID", "cluster.node_id"),
-    ("CORECAST_MESH_LISTEN", "cluster.mesh_listen"),
-    (
-        "CORECAST_MESH_PEERS",
-        "cluster.mesh_peers (comma-separated)",
+/// One configuration key: where it lives, what it sets, and the older
+/// environment variable names that keep working for it.
+#[derive(Debug)]
+pub struct Key {
+    /// The TOML table (`[limits]`).
+    pub section: &'static str,
+    /// The key inside it (`send_queue_bytes_max`).
+    pub name: &'static str,
+    /// Variable names from before `CORECAST_<SECTION>_<KEY>`: a contract
+    /// (scripts and tests use them). Applied before the canonical name, so
+    /// the canonical one wins when both are set.
+    pub aliases: &'static [&'static str],
+    /// One line for `corecast config default` and docs/contract.md.
+    pub comment: &'static str,
+}
+
+impl Key {
+    /// `section.name`, as errors name the key.
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section, self.name)
+    }
+
+    /// `CORECAST_<SECTION>_<KEY>`, upper case.
+    pub fn env_var(&self) -> String {
+        format!("CORECAST_{}_{}", self.section, self.name).to_ascii_uppercase()
+    }
+
+    /// Every variable that sets this key, aliases first (the last one set
+    /// wins), the canonical name last.
+    pub fn env_vars(&self) -> impl Iterator<Item = String> + '_ {
+        self.aliases
+            .iter()
+            .map(|a| a.to_string())
+            .chain(std::iter::once(self.env_var()))
+    }
+
+    /// The key's entry in [`KEYS`].
+    pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+        KEYS.iter().find(|k| k.section == section && k.name == name)
+    }
+}
+
+const fn key(
+    section: &'static str,
+    name: &'static str,
+    aliases: &'static [&'static str],
+    comment: &'static str,
+) -> Key {
+    Key {
+        section,
+        name,
+        aliases,
+        comment,
+    }
+}
+
+/// The sections of the file, in the order `config default` prints them.
+pub const SECTIONS: &[&str] = &[
+    "node",
+    "ws",
+    "http",
+    "auth",
+    "limits",
+    "heartbeat",
+    "cluster",
+    "shutdown",
+];
+
+/// Every configuration key (the defaults are [`Config::default`]'s; a unit
+/// test checks that this table and the structs hold the same keys).
+pub const KEYS: &[Key] = &[
+    key(
+        "node",
+        "cores",
+        &["CORECAST_CORES"],
+        "Executor count, one per core; 0 = one per online core.",
     ),
-    ("CORECAST_MESH_KEY", "cluster.mesh_key"),
-    ("CORECAST_DRAIN_PERIOD_MS", "shutdown.drain_period_ms"),
-    ("CORECAST_PING_INTERVAL_MS", "heartbeat.ping_interval_ms"),
-    ("CORECAST_IDLE_TIMEOUT_MS", "heartbeat.idle_timeout_ms"),
-    (
-        "CORECAST_HANDSHAKE_TIMEOUT_MS",
-        "limits.handshake_timeout_ms",
+    key(
+        "node",
+        "first_cpu",
+        &[],
+        "First CPU to pin executor 0 to; executor i runs on first_cpu + i.",
     ),
-    (
-        "CORECAST_MAX_CHANNELS_PER_USER",
-        "limits.max_channels_per_user",
+    key(
+        "node",
+        "io_memory_kib",
+        &[],
+        "glommio io_memory per executor, KiB (io_uring registered buffers).",
     ),
-    ("CORECAST_FREE_JOIN", "ws.free_join"),
-    ("CORECAST_MAX_ROOMS_PER_USER", "limits.max_rooms_per_user"),
-    (
-        "CORECAST_HTTP_IDLE_TIMEOUT_MS",
-        "limits.http_idle_timeout_ms",
+    key(
+        "node",
+        "ring_depth",
+        &[],
+        "io_uring submission queue entries per ring.",
     ),
-    (
-        "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX",
-        "limits.client_messages_per_sec_max",
+    key(
+        "ws",
+        "listen",
+        &[],
+        "WebSocket listen address (every executor binds it with SO_REUSEPORT).",
     ),
-    (
-        "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS",
-        "limits.handshake_request_line_timeout_ms",
+    key(
+        "ws",
+        "backlog",
+        &[],
+        "listen(2) backlog of each executor's WebSocket socket.",
     ),
-    (
-        "CORECAST_HANDSHAKES_PER_ADDRESS_MAX",
-        "limits.handshakes_per_address_max",
+    key(
+        "ws",
+        "free_join",
+        &["CORECAST_FREE_JOIN"],
+        "Accept join for any room, not only the rooms of the token's claim.",
     ),
-    ("CORECAST_CORE_LINK_BYTES_MAX", "limits.core_link_bytes_max"),
-    (
-        "CORECAST_WS_ALLOWED_ORIGINS",
-        "ws.allowed_origins (comma-separated)",
+    key(
+        "ws",
+        "allowed_origins",
+        &[],
+        "Origins (scheme://host[:port]) allowed to upgrade; empty = any (no Origin always passes).",
     ),
-    ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
-    (
-        "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX",
-        "http.requests_per_connection_max",
+    key(
+        "ws",
+        "echo",
+        &[],
+        "Conformance-test mode, never in production: echo data, no token; loopback listen only.",
     ),
-    (
-        "CORECAST_HTTP_CONNECTION_AGE_MAX_MS",
-        "http.connection_age_max_ms",
+    key(
+        "http",
+        "listen",
+        &[],
+        "Push API listen address (every executor binds it with SO_REUSEPORT).",
     ),
-    (
-        "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX",
-        "http.connections_per_address_per_core_max",
+    key(
+        "http",
+        "backlog",
+        &[],
+        "listen(2) backlog of each executor's HTTP socket.",
     ),
-    ("CORECAST_TOKEN_TTL_MAX_MS", "auth.token_ttl_max_ms"),
-    (
-        "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX",
-        "limits.http_connections_per_core_max",
+    key(
+        "http",
+        "header_timeout_ms",
+        &[],
+        "Time a client has to send a whole request head, ms.",
     ),
-    (
-        "CORECAST_KEY_PUSHES_PER_SEC_MAX",
-        "limits.key_pushes_per_sec_max",
+    key(
+        "http",
+        "requests_per_connection_max",
+        &[],
+        "Requests on one connection; the last is answered with Connection: close.",
     ),
-    (
-        "CORECAST_NODE_PUSHES_PER_SEC_MAX",
-        "limits.node_pushes_per_sec_max",
+    key(
+        "http",
+        "connection_age_max_ms",
+        &[],
+        "Age after which a connection is closed once its request in flight is answered, ms.",
     ),
-    (
-        "CORECAST_CLIENT_MESSAGE_BYTES_MAX",
-        "limits.client_message_bytes_max",
+    key(
+        "http",
+        "connections_per_address_per_core_max",
+        &[],
+        "HTTP connections one source address may hold per executor (503 past it).",
     ),
-    ("CORECAST_WS_ECHO", "ws.echo (1/0 or true/false)"),
+    key(
+        "auth",
+        "jwt_secret",
+        &["CORECAST_JWT_SECRET"],
+        "HS256 secret for client tokens; empty = a random dev secret, printed once.",
+    ),
+    key(
+        "auth",
+        "api_keys",
+        &["CORECAST_API_KEYS"],
+        "API keys accepted on /v1/*; empty = a random dev key, printed once.",
+    ),
+    key(
+        "auth",
+        "token_ttl_max_ms",
+        &["CORECAST_TOKEN_TTL_MAX_MS"],
+        "Longest exp - now a client token may have at the upgrade, ms.",
+    ),
+    key(
+        "limits",
+        "max_connections",
+        &["CORECAST_MAX_CONNECTIONS"],
+        "Concurrent WebSocket connections per node; past it handshakes get 503.",
+    ),
+    key(
+        "limits",
+        "max_channels_per_user",
+        &["CORECAST_MAX_CHANNELS_PER_USER"],
+        "Concurrent connections of one user; the oldest is closed with 4001.",
+    ),
+    key(
+        "limits",
+        "max_rooms_per_user",
+        &["CORECAST_MAX_ROOMS_PER_USER"],
+        "Rooms one user may be in at once.",
+    ),
+    key(
+        "limits",
+        "handshake_header_bytes_max",
+        &[],
+        "Bytes of the HTTP upgrade request line and headers.",
+    ),
+    key(
+        "limits",
+        "handshake_timeout_ms",
+        &["CORECAST_HANDSHAKE_TIMEOUT_MS"],
+        "Time a client has to finish the upgrade request, ms.",
+    ),
+    key(
+        "limits",
+        "handshake_request_line_timeout_ms",
+        &["CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS"],
+        "Time a client has to send the request line, ms.",
+    ),
+    key(
+        "limits",
+        "handshakes_per_address_max",
+        &["CORECAST_HANDSHAKES_PER_ADDRESS_MAX"],
+        "Handshakes in progress from one source address, node-wide (503 past it).",
+    ),
+    key(
+        "limits",
+        "client_message_bytes_max",
+        &["CORECAST_CLIENT_MESSAGE_BYTES_MAX"],
+        "Largest client frame or message, bytes (close 1009 past it).",
+    ),
+    key(
+        "limits",
+        "client_messages_per_sec_max",
+        &["CORECAST_CLIENT_MESSAGES_PER_SEC_MAX"],
+        "Client messages per second before an error frame; twice this closes with 1008.",
+    ),
+    key(
+        "limits",
+        "push_body_bytes_max",
+        &[],
+        "Largest push body on the HTTP API, bytes (413 past it).",
+    ),
+    key(
+        "limits",
+        "send_queue_frames_max",
+        &[],
+        "Frames waiting in one connection's outbound queue (close 1013 past it).",
+    ),
+    key(
+        "limits",
+        "send_queue_bytes_max",
+        &[],
+        "Bytes waiting in one connection's outbound queue (close 1013 past it).",
+    ),
+    key(
+        "limits",
+        "core_link_bytes_max",
+        &["CORECAST_CORE_LINK_BYTES_MAX"],
+        "Bytes of pushes in flight from one core to another (503 when full).",
+    ),
+    key(
+        "limits",
+        "http_connections_per_core_max",
+        &["CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX"],
+        "Concurrent HTTP connections per executor on the push API.",
+    ),
+    key(
+        "limits",
+        "http_idle_timeout_ms",
+        &["CORECAST_HTTP_IDLE_TIMEOUT_MS"],
+        "An HTTP connection with no byte in or out this long is closed, ms.",
+    ),
+    key(
+        "limits",
+        "key_pushes_per_sec_max",
+        &["CORECAST_KEY_PUSHES_PER_SEC_MAX"],
+        "Push requests per second per API key on this node (429 past it); 0 = none.",
+    ),
+    key(
+        "limits",
+        "node_pushes_per_sec_max",
+        &["CORECAST_NODE_PUSHES_PER_SEC_MAX"],
+        "Push requests per second on this node, all keys (429 past it); 0 = none.",
+    ),
+    key(
+        "heartbeat",
+        "ping_interval_ms",
+        &["CORECAST_PING_INTERVAL_MS"],
+        "The server pings each connection this often, ms.",
+    ),
+    key(
+        "heartbeat",
+        "idle_timeout_ms",
+        &["CORECAST_IDLE_TIMEOUT_MS"],
+        "A connection silent this long is closed with 1001, ms (> ping_interval_ms).",
+    ),
+    key(
+        "cluster",
+        "node_id",
+        &["CORECAST_NODE_ID"],
+        "This node's name in the cluster; empty = host name and WebSocket port.",
+    ),
+    key(
+        "cluster",
+        "mesh_listen",
+        &["CORECAST_MESH_LISTEN"],
+        "ZeroMQ PUB bind address (tcp://host:port); empty = no mesh.",
+    ),
+    key(
+        "cluster",
+        "mesh_peers",
+        &["CORECAST_MESH_PEERS"],
+        "Every peer's PUB address (tcp://host:port); a node may list itself.",
+    ),
+    key(
+        "cluster",
+        "mesh_key",
+        &["CORECAST_MESH_KEY"],
+        "Shared secret of the cluster, >= 32 bytes; empty = loopback-only mesh.",
+    ),
+    key(
+        "shutdown",
+        "drain_period_ms",
+        &["CORECAST_DRAIN_PERIOD_MS"],
+        "On SIGTERM/SIGINT, connections are closed with 1001 spread over this, ms.",
+    ),
 ];
 
 /// Checks one `allowed_origins` entry: `http://` or `https://`, a host, an
@@ -452,18 +751,8 @@ pub fn parse_allowed_origin(entry: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    value
-        .trim()
-        .parse()
-        .map_err(|e: T::Err| invalid(name, format!("{value:?}: {e}")))
-}
-
 /// A switch: `1`/`true` or `0`/`false`.
-fn parse_flag(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+fn parse_flag(name: &str, value: &str) -> Result<bool, ConfigError> {
     match value.trim() {
         "1" | "true" => Ok(true),
         "0" | "false" => Ok(false),
@@ -483,128 +772,252 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// `config` as a TOML table of sections.
+fn to_table(config: &Config) -> toml::Table {
+    toml::Table::try_from(config).expect("a Config serializes to TOML")
+}
+
+fn from_table(table: toml::Table) -> Result<Config, toml::de::Error> {
+    toml::Value::Table(table).try_into()
+}
+
+fn default_table() -> toml::Table {
+    to_table(&Config::default())
+}
+
+fn default_of<'a>(defaults: &'a toml::Table, key: &Key) -> &'a toml::Value {
+    &defaults[key.section][key.name]
+}
+
+/// Sets one key in `table` if the whole still deserializes (right type, in
+/// the type's range); otherwise leaves `table` as it was and says why.
+fn set_checked(table: &mut toml::Table, key: &Key, value: toml::Value) -> Result<(), String> {
+    let mut trial = table.clone();
+    let toml::Value::Table(section) = trial
+        .entry(key.section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    else {
+        unreachable!("sections of a serialized Config are tables")
+    };
+    section.insert(key.name.into(), value);
+    from_table(trial.clone()).map_err(|e| e.message().to_string())?;
+    *table = trial;
+    Ok(())
+}
+
+/// The TOML value an environment variable stands for, typed like the key's
+/// default: integers, switches (1/0/true/false), comma-separated lists,
+/// strings (addresses included).
+fn env_value(table: &toml::Table, key: &Key, var: &str, raw: &str) -> Result<toml::Value, String> {
+    Ok(match &table[key.section][key.name] {
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|e| format!("{raw:?}: {e}"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(parse_flag(var, raw).map_err(|e| e.to_string())?)
+        }
+        toml::Value::Array(_) => toml::Value::Array(
+            split_list(raw)
+                .into_iter()
+                .map(toml::Value::String)
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
 impl Config {
-    /// Reads a TOML file; every missing field keeps its default.
+    /// Reads a TOML file; every missing field keeps its default. Every
+    /// unknown key and wrong type is reported (see [`Self::parse_toml`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other,
+        Self::parse_file(path).map_err(|errors| {
+            ConfigError::from_list(errors).expect("parse_file fails with an error")
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "<inline>".into(),
-            source: Box::new(source),
+        Self::parse_toml(text, "<inline>").map_err(|errors| {
+            ConfigError::from_list(errors).expect("parse_toml fails with an error")
         })
     }
 
-    /// Applies `CORECAST_*` variables from `lookup` (the process environment
-    /// in production, a map in tests).
+    /// [`Self::parse_toml`] of a file's text.
+    pub fn parse_file(path: &Path) -> Result<Self, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }]
+        })?;
+        Self::parse_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML against [`KEYS`]: every unknown key and every value of the
+    /// wrong type is an error of its own (serde's `deny_unknown_fields`
+    /// would stop at the first). Relations between values are
+    /// [`Self::problems`]'.
+    pub fn parse_toml(text: &str, path: &str) -> Result<Self, Vec<ConfigError>> {
+        let (config, errors) = Self::parse_lenient(text, path).map_err(|e| vec![e])?;
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The config of every key that is right (the others keep their
+    /// defaults), and an error for each one that is not; `Err` only for
+    /// text that is not TOML.
+    fn parse_lenient(text: &str, path: &str) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        let file: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+        let mut merged = default_table();
+        let mut errors = Vec::new();
+        for (section, entries) in file {
+            if !SECTIONS.contains(&section.as_str()) {
+                errors.push(ConfigError::UnknownKey { key: section });
+                continue;
+            }
+            let toml::Value::Table(entries) = entries else {
+                errors.push(ConfigError::WrongType {
+                    key: section,
+                    message: "expected a table ([section])".into(),
+                });
+                continue;
+            };
+            for (name, value) in entries {
+                let Some(key) = Key::find(&section, &name) else {
+                    errors.push(ConfigError::UnknownKey {
+                        key: format!("{section}.{name}"),
+                    });
+                    continue;
+                };
+                if let Err(message) = set_checked(&mut merged, key, value) {
+                    errors.push(ConfigError::WrongType {
+                        key: key.path(),
+                        message,
+                    });
+                }
+            }
+        }
+        let config = from_table(merged).expect("set_checked keeps the table well-typed");
+        Ok((config, errors))
+    }
+
+    /// Checks a file as `corecast config check` does, without the
+    /// environment: every unknown key, every wrong type, and every value
+    /// out of range among the keys that parsed (those of the wrong type are
+    /// checked at their defaults).
+    pub fn check_file(path: &Path) -> Result<Self, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }]
+        })?;
+        let (config, mut errors) =
+            Self::parse_lenient(&text, &path.display().to_string()).map_err(|e| vec![e])?;
+        errors.extend(config.problems());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Applies the `CORECAST_*` variables of [`KEYS`] from `lookup` (the
+    /// process environment in production, a map in tests): for each key
+    /// its aliases, then `CORECAST_<SECTION>_<KEY>` (so that one wins).
+    /// Lists split on commas; switches take 1/0/true/false. Every bad
+    /// variable is reported, each naming itself and its key.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        for &(name, _) in ENV_VARS {
-            let Some(value) = lookup(name) else { continue };
-            match name {
-                "CORECAST_WS_LISTEN" => self.ws.listen = parse_env(name, &value)?,
-                "CORECAST_HTTP_LISTEN" => self.http.listen = parse_env(name, &value)?,
-                "CORECAST_JWT_SECRET" => self.auth.jwt_secret = value,
-                "CORECAST_API_KEYS" => self.auth.api_keys = split_list(&value),
-                "CORECAST_CORES" => self.node.cores = parse_env(name, &value)?,
-                "CORECAST_MAX_CONNECTIONS" => {
-                    self.limits.max_connections = parse_env(name, &value)?
+        let mut table = to_table(self);
+        let mut errors = Vec::new();
+        for key in KEYS {
+            for var in key.env_vars() {
+                let Some(raw) = lookup(&var) else { continue };
+                let result = env_value(&table, key, &var, &raw)
+                    .and_then(|value| set_checked(&mut table, key, value));
+                if let Err(message) = result {
+                    errors.push(ConfigError::Env {
+                        var,
+                        key: key.path(),
+                        message,
+                    });
                 }
-                "CORECAST_NODE_ID" => self.cluster.node_id = value,
-                "CORECAST_MESH_LISTEN" => self.cluster.mesh_listen = value,
-                "CORECAST_MESH_PEERS" => self.cluster.mesh_peers = split_list(&value),
-                "CORECAST_MESH_KEY" => self.cluster.mesh_key = value,
-                "CORECAST_DRAIN_PERIOD_MS" => {
-                    self.shutdown.drain_period_ms = parse_env(name, &value)?
-                }
-                "CORECAST_PING_INTERVAL_MS" => {
-                    self.heartbeat.ping_interval_ms = parse_env(name, &value)?
-                }
-                "CORECAST_IDLE_TIMEOUT_MS" => {
-                    self.heartbeat.idle_timeout_ms = parse_env(name, &value)?
-                }
-                "CORECAST_HANDSHAKE_TIMEOUT_MS" => {
-                    self.limits.handshake_timeout_ms = parse_env(name, &value)?
-                }
-                "CORECAST_MAX_CHANNELS_PER_USER" => {
-                    self.limits.max_channels_per_user = parse_env(name, &value)?
-                }
-                "CORECAST_FREE_JOIN" => self.ws.free_join = parse_flag(name, &value)?,
-                "CORECAST_HTTP_IDLE_TIMEOUT_MS" => {
-                    self.limits.http_idle_timeout_ms = parse_env(name, &value)?
-                }
-                "CORECAST_MAX_ROOMS_PER_USER" => {
-                    self.limits.max_rooms_per_user = parse_env(name, &value)?
-                }
-                "CORECAST_CLIENT_MESSAGES_PER_SEC_MAX" => {
-                    self.limits.client_messages_per_sec_max = parse_env(name, &value)?
-                }
-                "CORECAST_HANDSHAKE_REQUEST_LINE_TIMEOUT_MS" => {
-                    self.limits.handshake_request_line_timeout_ms = parse_env(name, &value)?
-                }
-                "CORECAST_CORE_LINK_BYTES_MAX" => {
-                    self.limits.core_link_bytes_max = parse_env(name, &value)?
-                }
-                "CORECAST_HANDSHAKES_PER_ADDRESS_MAX" => {
-                    self.limits.handshakes_per_address_max = parse_env(name, &value)?
-                }
-                "CORECAST_WS_ALLOWED_ORIGINS" => self.ws.allowed_origins = split_list(&value),
-                "CORECAST_HTTP_HEADER_TIMEOUT_MS" => {
-                    self.http.header_timeout_ms = parse_env(name, &value)?
-                }
-                "CORECAST_HTTP_REQUESTS_PER_CONNECTION_MAX" => {
-                    self.http.requests_per_connection_max = parse_env(name, &value)?
-                }
-                "CORECAST_HTTP_CONNECTION_AGE_MAX_MS" => {
-                    self.http.connection_age_max_ms = parse_env(name, &value)?
-                }
-                "CORECAST_HTTP_CONNECTIONS_PER_ADDRESS_PER_CORE_MAX" => {
-                    self.http.connections_per_address_per_core_max = parse_env(name, &value)?
-                }
-                "CORECAST_TOKEN_TTL_MAX_MS" => {
-                    self.auth.token_ttl_max_ms = parse_env(name, &value)?
-                }
-                "CORECAST_HTTP_CONNECTIONS_PER_CORE_MAX" => {
-                    self.limits.http_connections_per_core_max = parse_env(name, &value)?
-                }
-                "CORECAST_KEY_PUSHES_PER_SEC_MAX" => {
-                    self.limits.key_pushes_per_sec_max = parse_env(name, &value)?
-                }
-                "CORECAST_NODE_PUSHES_PER_SEC_MAX" => {
-                    self.limits.node_pushes_per_sec_max = parse_env(name, &value)?
-                }
-                "CORECAST_CLIENT_MESSAGE_BYTES_MAX" => {
-                    self.limits.client_message_bytes_max = parse_env(name, &value)?
-                }
-                "CORECAST_WS_ECHO" => self.ws.echo = parse_flag(name, &value)?,
-                _ => unreachable!("every ENV_VARS entry is matched"),
             }
         }
-        Ok(())
+        *self = from_table(table).expect("set_checked keeps the table well-typed");
+        match ConfigError::from_list(errors) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// `corecast config default`: every key of [`KEYS`] with its default
+    /// and its comment (naming its variables), as TOML.
+    pub fn default_toml() -> String {
+        let defaults = default_table();
+        let mut out = String::from(
+            "# corecast configuration: every key with its default (`corecast config default`).\n\
+             # Each comment names the key's environment variables (docs/contract.md lists them).\n",
+        );
+        for section in SECTIONS {
+            out.push_str(&format!("\n[{section}]\n"));
+            for key in KEYS.iter().filter(|k| k.section == *section) {
+                let vars: Vec<String> = key.env_vars().collect();
+                out.push_str(&format!("# {} ({})\n", key.comment, vars.join(", ")));
+                let mut one = toml::Table::new();
+                one.insert(key.name.into(), default_of(&defaults, key).clone());
+                out.push_str(&toml::to_string(&one).expect("a default serializes"));
+            }
+        }
+        out
+    }
+
+    /// The variable table of docs/contract.md, one row per key.
+    pub fn env_markdown() -> String {
+        let defaults = default_table();
+        let mut out = String::from(
+            "| variable | key | default | also read (older names) |\n|---|---|---|---|\n",
+        );
+        for key in KEYS {
+            let aliases: Vec<String> = key.aliases.iter().map(|a| format!("`{a}`")).collect();
+            out.push_str(&format!(
+                "| `{}` | `{}` | `{}` | {} |\n",
+                key.env_var(),
+                key.path(),
+                default_of(&defaults, key),
+                aliases.join(", ")
+            ));
+        }
+        out
     }
 
     /// Checks the relations between options; call after every source is
     /// applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match ConfigError::from_list(self.problems()) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Every value out of range and every relation between options that
+    /// does not hold, each naming its key (empty: the config is good).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         let l = &self.limits;
         if l.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
+            errors.push(invalid("limits.max_connections", "must be at least 1"));
         }
         if !(1..=limits::CHANNELS_PER_USER_CEILING).contains(&l.max_channels_per_user) {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.max_channels_per_user",
                 format!("must be 1..={}", limits::CHANNELS_PER_USER_CEILING),
             ));
@@ -612,7 +1025,7 @@ impl Config {
         if l.handshake_header_bytes_max < limits::HANDSHAKE_HEADER_BYTES_MIN
             || l.handshake_header_bytes_max > limits::READ_BUFFER_BYTES
         {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.handshake_header_bytes_max",
                 format!(
                     "must be {}..={}",
@@ -624,7 +1037,7 @@ impl Config {
         if l.client_message_bytes_max < limits::CLIENT_MESSAGE_BYTES_MIN
             || l.client_message_bytes_max > limits::CLIENT_MESSAGE_BYTES_CEILING
         {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.client_message_bytes_max",
                 format!(
                     "must be {}..={}",
@@ -634,110 +1047,117 @@ impl Config {
             ));
         }
         if l.push_body_bytes_max == 0 || l.push_body_bytes_max > limits::PUSH_BODY_BYTES_CEILING {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.push_body_bytes_max",
                 format!("must be 1..={}", limits::PUSH_BODY_BYTES_CEILING),
             ));
         }
-        if l.send_queue_frames_max == 0 || l.send_queue_bytes_max < l.push_body_bytes_max {
-            return Err(invalid(
+        if l.send_queue_frames_max == 0 {
+            errors.push(invalid("limits.send_queue_frames_max", "must be >= 1"));
+        }
+        if l.send_queue_bytes_max < l.push_body_bytes_max {
+            errors.push(invalid(
                 "limits.send_queue_bytes_max",
-                "must hold at least one push of push_body_bytes_max, with frames_max >= 1",
+                "must hold at least one push of limits.push_body_bytes_max",
             ));
         }
         if l.http_idle_timeout_ms == 0 {
-            return Err(invalid("limits.http_idle_timeout_ms", "must be > 0"));
+            errors.push(invalid("limits.http_idle_timeout_ms", "must be > 0"));
         }
         if l.handshake_timeout_ms == 0 {
-            return Err(invalid("limits.handshake_timeout_ms", "must be > 0"));
+            errors.push(invalid("limits.handshake_timeout_ms", "must be > 0"));
         }
         if !(1..=limits::CLIENT_MESSAGES_PER_SEC_CEILING).contains(&l.client_messages_per_sec_max) {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.client_messages_per_sec_max",
                 format!("must be 1..={}", limits::CLIENT_MESSAGES_PER_SEC_CEILING),
             ));
         }
         if l.handshake_request_line_timeout_ms == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.handshake_request_line_timeout_ms",
                 "must be > 0",
             ));
         }
         if l.handshakes_per_address_max == 0 {
-            return Err(invalid("limits.handshakes_per_address_max", "must be > 0"));
+            errors.push(invalid("limits.handshakes_per_address_max", "must be > 0"));
         }
         if l.http_connections_per_core_max == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.http_connections_per_core_max",
                 "must be >= 1",
             ));
         }
         let http = &self.http;
         if http.header_timeout_ms == 0 {
-            return Err(invalid("http.header_timeout_ms", "must be > 0"));
+            errors.push(invalid("http.header_timeout_ms", "must be > 0"));
         }
         if http.requests_per_connection_max == 0 {
-            return Err(invalid("http.requests_per_connection_max", "must be >= 1"));
+            errors.push(invalid("http.requests_per_connection_max", "must be >= 1"));
         }
         if http.connection_age_max_ms == 0 {
-            return Err(invalid("http.connection_age_max_ms", "must be > 0"));
+            errors.push(invalid("http.connection_age_max_ms", "must be > 0"));
         }
         if http.connections_per_address_per_core_max == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "http.connections_per_address_per_core_max",
                 "must be >= 1",
             ));
         }
         if self.auth.token_ttl_max_ms < 1_000 {
-            return Err(invalid(
+            errors.push(invalid(
                 "auth.token_ttl_max_ms",
                 "must be at least 1000 (token expiry has one-second resolution)",
             ));
         }
         for origin in &self.ws.allowed_origins {
-            parse_allowed_origin(origin)
-                .map_err(|message| invalid("ws.allowed_origins", message))?;
+            if let Err(message) = parse_allowed_origin(origin) {
+                errors.push(invalid("ws.allowed_origins", message));
+            }
         }
         let h = &self.heartbeat;
-        if h.ping_interval_ms < limits::TICK_MS || h.idle_timeout_ms <= h.ping_interval_ms {
-            return Err(invalid(
+        if h.ping_interval_ms < limits::TICK_MS {
+            errors.push(invalid(
+                "heartbeat.ping_interval_ms",
+                format!("must be >= {}", limits::TICK_MS),
+            ));
+        }
+        if h.idle_timeout_ms <= h.ping_interval_ms {
+            errors.push(invalid(
                 "heartbeat.idle_timeout_ms",
-                format!(
-                    "ping_interval_ms must be >= {} and idle_timeout_ms > ping_interval_ms",
-                    limits::TICK_MS
-                ),
+                "must be > heartbeat.ping_interval_ms",
             ));
         }
         if self.ws.echo && !self.ws.listen.ip().is_loopback() {
-            return Err(ConfigError::EchoOffLoopback {
+            errors.push(ConfigError::EchoOffLoopback {
                 listen: self.ws.listen,
             });
         }
         if self.ws.listen.port() != 0 && self.ws.listen == self.http.listen {
-            return Err(invalid("http.listen", "must differ from ws.listen"));
+            errors.push(invalid("http.listen", "must differ from ws.listen"));
         }
         if self.cluster.mesh_listen.is_empty() && !self.cluster.mesh_peers.is_empty() {
-            return Err(invalid(
+            errors.push(invalid(
                 "cluster.mesh_listen",
                 "mesh_peers are set but mesh_listen is empty",
             ));
         }
         let key = &self.cluster.mesh_key;
         if !key.is_empty() && key.len() < MESH_KEY_BYTES_MIN {
-            return Err(ConfigError::MeshKeyTooShort { len: key.len() });
+            errors.push(ConfigError::MeshKeyTooShort { len: key.len() });
         }
         for addr in std::iter::once(&self.cluster.mesh_listen)
             .filter(|a| !a.is_empty())
             .chain(self.cluster.mesh_peers.iter())
         {
             if !addr.starts_with("tcp://") {
-                return Err(invalid(
+                errors.push(invalid(
                     "cluster.mesh_peers",
                     format!("{addr:?} is not a tcp:// address"),
                 ));
             }
         }
-        Ok(())
+        errors
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -928,6 +1348,185 @@ mod tests {
             .apply_env(|k| (k == "CORECAST_WS_ECHO").then(|| "yes".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("CORECAST_WS_ECHO"), "{err}");
+    }
+
+    #[test]
+    fn the_key_table_and_the_structs_hold_the_same_keys() {
+        let defaults = default_table();
+        let sections: Vec<&str> = defaults.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = SECTIONS.to_vec();
+        want.sort_unstable();
+        assert_eq!(sections, want, "SECTIONS vs Config's fields");
+        let mut from_structs: Vec<String> = defaults
+            .iter()
+            .flat_map(|(section, t)| {
+                t.as_table()
+                    .unwrap()
+                    .keys()
+                    .map(move |k| format!("{section}.{k}"))
+            })
+            .collect();
+        let mut from_table: Vec<String> = KEYS.iter().map(Key::path).collect();
+        from_structs.sort();
+        from_table.sort();
+        assert_eq!(
+            from_structs, from_table,
+            "a field without a KEYS row, or a row without a field"
+        );
+        for key in KEYS {
+            assert!(
+                !key.comment.is_empty() && !key.comment.contains('\n'),
+                "{}",
+                key.path()
+            );
+        }
+    }
+
+    #[test]
+    fn every_variable_name_is_unique_and_aliases_are_not_canonical() {
+        let canonical: Vec<String> = KEYS.iter().map(Key::env_var).collect();
+        let mut all: Vec<String> = KEYS.iter().flat_map(|k| k.env_vars()).collect();
+        for key in KEYS {
+            for alias in key.aliases {
+                assert!(
+                    !canonical.contains(&alias.to_string()),
+                    "{alias} is a canonical name"
+                );
+                assert!(alias.starts_with("CORECAST_"), "{alias}");
+            }
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "a variable name sets two keys");
+    }
+
+    /// A value unlike the default, as an environment variable would carry it.
+    fn other_value(default: &toml::Value) -> (String, toml::Value) {
+        match default {
+            toml::Value::Integer(i) => ((i + 1).to_string(), toml::Value::Integer(i + 1)),
+            toml::Value::Boolean(b) => ((!b).to_string(), toml::Value::Boolean(!b)),
+            toml::Value::Array(_) => (
+                "tcp://a, tcp://b".into(),
+                toml::Value::Array(vec!["tcp://a".into(), "tcp://b".into()]),
+            ),
+            toml::Value::String(s) if s.parse::<SocketAddr>().is_ok() => {
+                ("127.0.0.1:4321".into(), "127.0.0.1:4321".into())
+            }
+            _ => ("some-value".into(), "some-value".into()),
+        }
+    }
+
+    #[test]
+    fn every_key_is_set_by_its_canonical_variable_and_by_each_alias() {
+        let defaults = default_table();
+        for key in KEYS {
+            let (raw, want) = other_value(default_of(&defaults, key));
+            for var in key.env_vars() {
+                let mut config = Config::default();
+                config
+                    .apply_env(|k| (k == var).then(|| raw.clone()))
+                    .unwrap_or_else(|e| panic!("{var}: {e}"));
+                assert_eq!(to_table(&config)[key.section][key.name], want, "{var}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_variable_wins_over_an_alias() {
+        let env: HashMap<&str, &str> = [
+            ("CORECAST_MAX_CONNECTIONS", "5"),
+            ("CORECAST_LIMITS_MAX_CONNECTIONS", "7"),
+            ("CORECAST_CORES", "3"),
+        ]
+        .into();
+        let mut config = Config::default();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(config.limits.max_connections, 7);
+        assert_eq!(config.node.cores, 3);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_with_its_key() {
+        let env: HashMap<&str, &str> = [
+            ("CORECAST_LIMITS_SEND_QUEUE_BYTES_MAX", "lots"),
+            ("CORECAST_WS_LISTEN", "nowhere"),
+            ("CORECAST_CORES", "-1"),
+        ]
+        .into();
+        let err = Config::default()
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap_err();
+        let keys: Vec<String> = err
+            .into_list()
+            .iter()
+            .map(|e| e.key().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            ["node.cores", "ws.listen", "limits.send_queue_bytes_max"]
+        );
+    }
+
+    #[test]
+    fn config_default_is_valid_toml_that_parses_back_to_the_defaults() {
+        let text = Config::default_toml();
+        let config = Config::parse_toml(&text, "default").unwrap();
+        assert!(config.problems().is_empty());
+        assert_eq!(to_table(&config), default_table());
+        for key in KEYS {
+            assert!(text.contains(key.comment), "{}", key.path());
+            assert!(text.contains(&key.env_var()), "{}", key.path());
+        }
+    }
+
+    #[test]
+    fn a_file_reports_every_unknown_key_wrong_type_and_range_error() {
+        let text = "[limits]\nmax_conections = 3\nsend_queue_bytes_max = \"lots\"\n\
+                    max_connections = 0\n[ws]\nlisten = 8080\nfree_join = true\n[nope]\nx = 1\n\
+                    [heartbeat]\nidle_timeout_ms = 10\n";
+        let errors = Config::parse_toml(text, "t").unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.max_conections",
+                "limits.send_queue_bytes_max",
+                "nope",
+                "ws.listen"
+            ]
+        );
+        assert!(matches!(errors[0], ConfigError::UnknownKey { .. }));
+        assert!(matches!(errors[1], ConfigError::WrongType { .. }));
+        // The type errors set nothing; the range errors are the values'.
+        let good_types = "[limits]\nmax_connections = 0\n[heartbeat]\nidle_timeout_ms = 10\n";
+        let problems = Config::parse_toml(good_types, "t").unwrap().problems();
+        let keys: Vec<&str> = problems.iter().map(|e| e.key().unwrap()).collect();
+        assert_eq!(
+            keys,
+            ["limits.max_connections", "heartbeat.idle_timeout_ms"]
+        );
+        let one = ConfigError::from_list(problems).unwrap().to_string();
+        assert!(one.starts_with("2 errors:"), "{one}");
+        let not_a_table = Config::parse_toml("limits = 3\n", "t").unwrap_err();
+        assert_eq!(not_a_table[0].key(), Some("limits"));
+        let syntax = Config::parse_toml("[limits\n", "t").unwrap_err();
+        assert!(matches!(syntax[..], [ConfigError::Parse { .. }]));
+    }
+
+    /// docs/contract.md holds `Config::env_markdown()` verbatim; regenerate
+    /// it from this test's output when a key changes.
+    #[test]
+    fn contract_md_lists_every_variable() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/contract.md"))
+            .unwrap();
+        let table = Config::env_markdown();
+        assert!(
+            doc.contains(&table),
+            "docs/contract.md lacks this table:\n{table}"
+        );
     }
 
     #[test]

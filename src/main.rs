@@ -1,5 +1,6 @@
 //! The `corecast` binary: parse flags, load the configuration, run a node
-//! (or mint a token), and report errors in one line.
+//! (or mint a token, or check and print the configuration: `corecast config
+//! check|default`), and report errors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,50 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Check a config file, or print every key with its default.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Check the file of --config (without the environment): exit 0 and
+    /// `ok`, or exit 1 and every error, each with its key.
+    Check,
+    /// Print every key with its default and a comment, as TOML.
+    Default,
+}
+
+/// `corecast config ...`: exit 0, 1 for a file with errors, 2 for a usage
+/// error.
+fn config_command(action: &ConfigAction, path: Option<&std::path::Path>) -> ExitCode {
+    match action {
+        ConfigAction::Default => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        ConfigAction::Check => {
+            let Some(path) = path else {
+                eprintln!("corecast: config check needs --config FILE");
+                return ExitCode::from(2);
+            };
+            match Config::check_file(path) {
+                Ok(_) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{}: {e}", path.display());
+                    }
+                    eprintln!("{}: {} error(s)", path.display(), errors.len());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 /// Which secrets were missing and made up for this run.
@@ -163,6 +208,9 @@ fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<S
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Config { action }) = &cli.command {
+        return config_command(action, cli.node.config.as_deref());
+    }
     let (config, dev) = match load(&cli.node) {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -198,6 +198,54 @@ fn site_refuses_missing_secrets() {
     assert!(stdout.contains("hold another key: node-b."), "{stdout}");
 }
 
+/// The role renders the config and has the installed binary check it
+/// (`validate:` with `corecast config check`) before it replaces the old
+/// file: a value the node would refuse fails the run at that task.
+#[test]
+fn site_refuses_a_config_that_fails_config_check() {
+    let d = deployment();
+    for host in NODES {
+        let out = run(Command::new(d.binary(host))
+            .args(["config", "check", "--config"])
+            .arg(d.config(host)));
+        assert!(out.status.success(), "{host}: {}", text(&out.stderr));
+    }
+
+    let name = "config-check-fails";
+    let stdout = site_refused(name, |doc| {
+        doc["all"]["vars"]["corecast_limits_extra"] = json!({
+            "max_conections": 3,
+            "send_queue_bytes_max": "lots",
+            "client_messages_per_sec_max": 0,
+        });
+    });
+    let task = "TASK [corecast : Render the node configuration]";
+    let at = stdout
+        .find(task)
+        .unwrap_or_else(|| panic!("the run never reached {task:?}:\n{stdout}"));
+    let rest = &stdout[at + task.len()..];
+    let this_task = &rest[..rest.find("TASK [").unwrap_or(rest.len())];
+    // The play runs one node at a time (serial) and stops at the first
+    // failure: the node that reached the task failed there, after the
+    // binary that checks the file was installed.
+    let failed: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|host| this_task.contains(&format!("fatal: [{host}]")))
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "the render task did not fail:\n{stdout}"
+    );
+    let dir = process_dir().join(name);
+    for host in failed {
+        assert!(
+            dir.join(host).join("usr/local/bin/corecast").exists(),
+            "{host}: failed before the binary was installed:\n{stdout}"
+        );
+    }
+}
+
 #[test]
 fn systemd_unit_verifies() {
     if !command_exists("systemd-analyze") {
