@@ -96,14 +96,22 @@ labelled_enum!(
     }
 );
 
-/// HTTP statuses the push API answers with (the `status` label).
-pub const HTTP_STATUSES: &[u16] = &[200, 202, 400, 401, 404, 405, 413, 415, 429, 500, 503];
+/// HTTP statuses the push API answers with (the `status` label); any other
+/// is counted as 500.
+pub const HTTP_STATUSES: &[u16] = &[200, 202, 400, 401, 404, 405, 408, 413, 415, 429, 500, 503];
+
+/// How many [`HTTP_STATUSES`] there are.
+const HTTP_STATUS_COUNT: usize = HTTP_STATUSES.len();
+
+/// Where an unlisted status is counted: 500.
+const OTHER_STATUS_INDEX: usize = HTTP_STATUS_COUNT - 2;
+const _: () = assert!(HTTP_STATUSES[OTHER_STATUS_INDEX] == 500);
 
 fn status_index(status: u16) -> usize {
     HTTP_STATUSES
         .iter()
         .position(|s| *s == status)
-        .unwrap_or(HTTP_STATUSES.len() - 2)
+        .unwrap_or(OTHER_STATUS_INDEX)
 }
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
@@ -134,10 +142,8 @@ pub struct CoreMetrics {
     pushes: [AtomicU64; PushKind::COUNT],
     disconnects: [AtomicU64; DisconnectReason::COUNT],
     limits: [AtomicU64; Limit::COUNT],
-    http: [[AtomicU64; 11]; Route::COUNT],
+    http: [[AtomicU64; HTTP_STATUS_COUNT]; Route::COUNT],
 }
-
-const _: () = assert!(HTTP_STATUSES.len() == 11);
 
 impl Default for CoreMetrics {
     fn default() -> Self {
@@ -700,6 +706,8 @@ mod tests {
         let core = Arc::new(CoreMetrics::default());
         core.handshake(HandshakeOutcome::Unauthorized);
         core.disconnect(DisconnectReason::SlowConsumer);
+        core.http(Route::PushUser, 408);
+        core.http(Route::PushUser, 418);
         let mut hist = latency_histogram();
         hist.record(300).unwrap();
         hist.record(3_000).unwrap();
@@ -724,6 +732,8 @@ mod tests {
             "corecast_push_latency_seconds_count 2",
             "corecast_node_info{node_id=\"n1\"",
             "corecast_executor_busy_seconds_total{core=\"0\"} 1.5",
+            "corecast_http_requests_total{route=\"push_user\",status=\"408\"} 1",
+            "corecast_http_requests_total{route=\"push_user\",status=\"500\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

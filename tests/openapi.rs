@@ -488,6 +488,11 @@ fn provoked_errors_are_documented() {
         body: body.to_string(),
     };
     check(user, "POST", timeout, 408, "body_timeout");
+    // Counted under its own status (it was counted as 500 before).
+    node.wait_metric(
+        "corecast_http_requests_total{route=\"push_user\",status=\"408\"}",
+        1.0,
+    );
 }
 
 #[test]
