@@ -97,14 +97,22 @@ labelled_enum!(
     }
 );
 
-/// HTTP statuses the push API answers with (the `status` label).
-pub const HTTP_STATUSES: &[u16] = &[200, 202, 400, 401, 404, 405, 413, 415, 429, 500, 503];
+/// HTTP statuses the push API answers with (the `status` label); any other
+/// is counted as 500.
+pub const HTTP_STATUSES: &[u16] = &[200, 202, 400, 401, 404, 405, 408, 413, 415, 429, 500, 503];
+
+/// How many [`HTTP_STATUSES`] there are.
+const HTTP_STATUS_COUNT: usize = HTTP_STATUSES.len();
+
+/// Where an unlisted status is counted: 500.
+const OTHER_STATUS_INDEX: usize = HTTP_STATUS_COUNT - 2;
+const _: () = assert!(HTTP_STATUSES[OTHER_STATUS_INDEX] == 500);
 
 fn status_index(status: u16) -> usize {
     HTTP_STATUSES
         .iter()
         .position(|s| *s == status)
-        .unwrap_or(HTTP_STATUSES.len() - 2)
+        .unwrap_or(OTHER_STATUS_INDEX)
 }
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
@@ -135,10 +143,8 @@ pub struct CoreMetrics {
     pushes: [AtomicU64; PushKind::COUNT],
     disconnects: [AtomicU64; DisconnectReason::COUNT],
     limits: [AtomicU64; Limit::COUNT],
-    http: [[AtomicU64; 11]; Route::COUNT],
+    http: [[AtomicU64; HTTP_STATUS_COUNT]; Route::COUNT],
 }
-
-const _: () = assert!(HTTP_STATUSES.len() == 11);
 
 impl Default for CoreMetrics {
     fn default() -> Self {
@@ -455,6 +461,189 @@ impl Collector for NodeCollector {
     }
 }
 
+/// The Prometheus standard `process_*` figures of this process, read from
+/// `/proc/self` at scrape (Linux only, like the node).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    pub resident_memory_bytes: u64,
+    pub virtual_memory_bytes: u64,
+    pub cpu_seconds: f64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    /// The soft `RLIMIT_NOFILE`; `None` when it is unlimited.
+    pub max_fds: Option<u64>,
+}
+
+/// Why the `process_*` figures could not be read; the scrape then leaves
+/// them out and renders everything else.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessStatsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path} has no field {field}")]
+    Field {
+        path: &'static str,
+        field: &'static str,
+    },
+}
+
+const PROC_STAT_SELF: &str = "/proc/self/stat";
+const PROC_STAT: &str = "/proc/stat";
+const PROC_FD: &str = "/proc/self/fd";
+const PROC_LIMITS: &str = "/proc/self/limits";
+
+fn read_proc(path: &'static str) -> Result<String, ProcessStatsError> {
+    std::fs::read_to_string(path).map_err(|source| ProcessStatsError::Read { path, source })
+}
+
+/// The fields of `/proc/self/stat` after the `(comm)` field, so that a
+/// command name with spaces or parentheses cannot shift them: index 0 is
+/// field 3 (state) of proc(5).
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_ascii_whitespace()
+        .collect()
+}
+
+/// Reads field `n` (1-based, as proc(5) numbers them; n >= 3).
+fn stat_field(fields: &[&str], n: usize, field: &'static str) -> Result<u64, ProcessStatsError> {
+    fields
+        .get(n - 3)
+        .and_then(|v| v.parse().ok())
+        .ok_or(ProcessStatsError::Field {
+            path: PROC_STAT_SELF,
+            field,
+        })
+}
+
+/// The soft "Max open files" of `/proc/self/limits`; `None` = unlimited.
+fn soft_open_files(limits: &str) -> Result<Option<u64>, ProcessStatsError> {
+    let missing = || ProcessStatsError::Field {
+        path: PROC_LIMITS,
+        field: "Max open files",
+    };
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_ascii_whitespace().next())
+        .ok_or_else(missing)?;
+    match soft {
+        "unlimited" => Ok(None),
+        v => v.parse().map(Some).map_err(|_| missing()),
+    }
+}
+
+/// Open descriptors: since Linux 6.2 `stat` of `/proc/self/fd` gives the
+/// count in `st_size` at no cost; an older kernel answers 0 there, and then
+/// the directory is listed (one entry per descriptor).
+fn open_fds() -> Result<u64, ProcessStatsError> {
+    let read = |source| ProcessStatsError::Read {
+        path: PROC_FD,
+        source,
+    };
+    let size = std::fs::metadata(PROC_FD).map_err(read)?.len();
+    if size > 0 {
+        return Ok(size);
+    }
+    Ok(std::fs::read_dir(PROC_FD).map_err(read)?.count() as u64)
+}
+
+impl ProcessStats {
+    /// Reads this process's figures from `/proc`.
+    pub fn read() -> Result<Self, ProcessStatsError> {
+        // SAFETY: sysconf only reads a process-wide constant.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let (ticks, page) = (ticks.max(1) as f64, page.max(1) as u64);
+        let stat = read_proc(PROC_STAT_SELF)?;
+        let fields = stat_fields(&stat);
+        let utime = stat_field(&fields, 14, "utime")?;
+        let stime = stat_field(&fields, 15, "stime")?;
+        let start_ticks = stat_field(&fields, 22, "starttime")?;
+        let vsize = stat_field(&fields, 23, "vsize")?;
+        let rss_pages = stat_field(&fields, 24, "rss")?;
+        let boot_time: u64 = read_proc(PROC_STAT)?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(ProcessStatsError::Field {
+                path: PROC_STAT,
+                field: "btime",
+            })?;
+        Ok(Self {
+            resident_memory_bytes: rss_pages * page,
+            virtual_memory_bytes: vsize,
+            cpu_seconds: (utime + stime) as f64 / ticks,
+            start_time_seconds: boot_time as f64 + start_ticks as f64 / ticks,
+            open_fds: open_fds()?,
+            max_fds: soft_open_files(&read_proc(PROC_LIMITS)?)?,
+        })
+    }
+}
+
+/// Renders [`ProcessStats`] under the Prometheus standard `process_*` names.
+#[derive(Debug)]
+pub struct ProcessCollector(pub ProcessStats);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let gauges: [(&str, &str, f64); 4] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                s.resident_memory_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                s.virtual_memory_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                s.open_fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                s.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(max) = s.max_fds {
+            ConstGauge::new(max as f64).encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors (soft limit)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstCounter::new(s.cpu_seconds).encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
 /// Renders the Prometheus text exposition for a scrape.
 pub fn render(collectors: Vec<Box<dyn Collector>>) -> String {
     let mut registry = Registry::default();
@@ -472,10 +661,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stat_fields_survive_a_command_name_with_spaces() {
+        let stat = "42 (a) b (c) R 1 2 3 0 -1 0 0 0 0 0 7 5 0 0 20 0 1 0 300 4096 10 0";
+        let fields = stat_fields(stat);
+        assert_eq!(stat_field(&fields, 14, "utime").unwrap(), 7);
+        assert_eq!(stat_field(&fields, 15, "stime").unwrap(), 5);
+        assert_eq!(stat_field(&fields, 22, "starttime").unwrap(), 300);
+        assert_eq!(stat_field(&fields, 23, "vsize").unwrap(), 4096);
+        assert_eq!(stat_field(&fields, 24, "rss").unwrap(), 10);
+        assert!(stat_field(&fields, 40, "x").is_err());
+        assert!(stat_field(&stat_fields("garbage"), 14, "utime").is_err());
+    }
+
+    #[test]
+    fn soft_fd_limit_is_parsed() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            20000                40000                files\n";
+        assert_eq!(soft_open_files(limits).unwrap(), Some(20000));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(soft_open_files(unlimited).unwrap(), None);
+        assert!(soft_open_files("Max cpu time unlimited").is_err());
+    }
+
+    #[test]
+    fn process_stats_of_this_process_render() {
+        let stats = ProcessStats::read().unwrap();
+        assert!(stats.resident_memory_bytes > 0);
+        assert!(stats.virtual_memory_bytes >= stats.resident_memory_bytes);
+        assert!(stats.open_fds >= 3);
+        let text = render(vec![Box::new(ProcessCollector(stats))]);
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_contract_names() {
         let core = Arc::new(CoreMetrics::default());
         core.handshake(HandshakeOutcome::Unauthorized);
         core.disconnect(DisconnectReason::SlowConsumer);
+        core.http(Route::PushUser, 408);
+        core.http(Route::PushUser, 418);
         let mut hist = latency_histogram();
         hist.record(300).unwrap();
         hist.record(3_000).unwrap();
@@ -500,6 +733,8 @@ mod tests {
             "corecast_push_latency_seconds_count 2",
             "corecast_node_info{node_id=\"n1\"",
             "corecast_executor_busy_seconds_total{core=\"0\"} 1.5",
+            "corecast_http_requests_total{route=\"push_user\",status=\"408\"} 1",
+            "corecast_http_requests_total{route=\"push_user\",status=\"500\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -31,6 +31,30 @@ fn metrics_after_traffic() {
     ] {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
+    // The process_* figures are this node's own, as /proc shows them.
+    let rss = node.metric("process_resident_memory_bytes");
+    let measured = common::rss_kib(node.pid()) as f64 * 1024.0;
+    assert!(
+        rss > 0.0 && (rss - measured).abs() < measured * 0.5,
+        "process_resident_memory_bytes {rss} vs /proc {measured}"
+    );
+    assert!(node.metric("process_virtual_memory_bytes") >= rss);
+    let fds = node.metric("process_open_fds");
+    let listed = common::fd_count(node.pid()) as f64;
+    assert!(
+        fds >= 3.0 && (fds - listed).abs() <= 16.0 && fds <= node.metric("process_max_fds"),
+        "process_open_fds {fds} vs /proc fd entries {listed}"
+    );
+    assert!(node.metric("process_cpu_seconds_total") >= 0.0);
+    let start = node.metric("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now + 1.0 && start > now - 600.0,
+        "{start} vs {now}"
+    );
     assert_eq!(node.request("GET", "/healthz").0, 200);
     assert_eq!(node.request("GET", "/readyz").0, 200);
 }

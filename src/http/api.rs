@@ -20,7 +20,7 @@ use super::budget::OverBudget;
 use crate::auth::valid_name;
 use crate::core::Core;
 use crate::limits::NAME_BYTES_MAX;
-use crate::metrics::{CoreSnapshot, Limit, PushKind, Route};
+use crate::metrics::{CoreSnapshot, Limit, ProcessCollector, ProcessStats, PushKind, Route};
 use crate::push::{Push, Target, unix_micros};
 
 /// How long one core reuses the per-core snapshots (latency histograms,
@@ -91,11 +91,14 @@ impl ApiError {
     }
 }
 
-/// One core's last scrape snapshots and when they were taken.
+/// One core's last scrape snapshots and when they were taken, with the
+/// `process_*` figures read from `/proc` at the same time (`None` if that
+/// read failed: the scrape then leaves them out).
 #[derive(Default)]
 pub struct ScrapeCache {
     taken: Cell<Option<Instant>>,
     snapshots: RefCell<Arc<Vec<CoreSnapshot>>>,
+    process: Cell<Option<ProcessStats>>,
 }
 
 /// A path segment that is not valid percent-encoded UTF-8.
@@ -495,6 +498,9 @@ async fn cached_snapshots(core: &Rc<Core>, cache: &ScrapeCache) -> Arc<Vec<CoreS
     } else {
         let snapshots = Arc::new(core.snapshots().await);
         *cache.snapshots.borrow_mut() = snapshots;
+        // A few small /proc reads (the fd count is one stat on Linux 6.2+),
+        // at most once per SCRAPE_CACHE_MS like the snapshots.
+        cache.process.set(ProcessStats::read().ok());
         cache.taken.set(Some(Instant::now()));
     }
     cache.snapshots.borrow().clone()
@@ -515,6 +521,9 @@ async fn scrape(core: &Rc<Core>, cache: &ScrapeCache) -> String {
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(collector)];
     collectors.extend(crate::mesh::collectors(&node.mesh_metrics));
+    if let Some(process) = cache.process.get() {
+        collectors.push(Box::new(ProcessCollector(process)));
+    }
     crate::metrics::render(collectors)
 }
 

@@ -8,12 +8,25 @@ use serde_json::Value;
 #[allow(unused_imports)]
 use crate::{http::*, support::*};
 
-/// Every `corecast_*` name in `s`.
+/// The prefixes of the metric names the node exports: its own, and the
+/// Prometheus standard process figures.
+const METRIC_PREFIXES: &[&str] = &["corecast_", "process_"];
+
+/// Every `corecast_*` and `process_*` name in `s`.
 pub fn metric_names(s: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for prefix in METRIC_PREFIXES {
+        names.extend(prefixed_names(s, prefix));
+    }
+    names
+}
+
+/// Every name starting with `prefix` (at a word boundary) in `s`.
+fn prefixed_names(s: &str, prefix: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = s.as_bytes();
     let mut i = 0;
-    while let Some(pos) = s[i..].find("corecast_") {
+    while let Some(pos) = s[i..].find(prefix) {
         let start = i + pos;
         let boundary = start == 0 || {
             let c = bytes[start - 1];

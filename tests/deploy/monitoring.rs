@@ -54,6 +54,9 @@ fn dashboard_and_rules_use_only_contract_metrics() {
         "corecast_mesh_peer_up",
         "corecast_mesh_drops_total",
         "corecast_push_latency_seconds_bucket",
+        // Memory and CPU per node (issue 14).
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
         assert!(dashboard.contains(needed), "dashboard lacks {needed}");
     }
