@@ -127,17 +127,17 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
         limits.handshakes_per_address_max.div_ceil(core.cores),
     );
     if core.config.ws.echo && core.id == 0 {
-        eprintln!(
-            "corecast: WARNING: ws.echo is on (conformance tests only, never in production): \
-             data messages are echoed and no token is checked on {}",
-            core.config.ws.listen
+        tracing::warn!(
+            listen = %core.config.ws.listen,
+            "ws.echo is on (conformance tests only, never in production): \
+             data messages are echoed and no token is checked"
         );
     }
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                eprintln!("corecast: core {}: accept failed: {e}", core.id);
+                tracing::error!(core = core.id, error = %e, "WebSocket accept failed");
                 glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
                 continue;
             }
@@ -234,6 +234,7 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
 /// a client that does not read it loses it.
 fn refuse(core: &Core, stream: &TcpStream, error: &HandshakeError) {
     core.metrics.handshake(error.outcome());
+    core.hub.count_refusal(error.code());
     match error {
         HandshakeError::TooLarge(_) => core.metrics.refused(Limit::HandshakeHeaderBytes),
         HandshakeError::Timeout => core.metrics.refused(Limit::HandshakeTimeout),

@@ -163,10 +163,14 @@ fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<S
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = corecast::logging::init_from_env() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
     let (config, dev) = match load(&cli.node) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("corecast: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -178,8 +182,8 @@ fn main() -> ExitCode {
     }) = cli.command
     {
         if dev.jwt_secret {
-            eprintln!(
-                "corecast: no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
+            tracing::error!(
+                "no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
                  a token signed with a random secret would be useless"
             );
             return ExitCode::from(2);
@@ -187,14 +191,14 @@ fn main() -> ExitCode {
         let ttl = match parse_ttl(&ttl) {
             Ok(ttl) => ttl,
             Err(e) => {
-                eprintln!("corecast: --ttl: {e}");
+                tracing::error!("--ttl: {e}");
                 return ExitCode::from(2);
             }
         };
         let ttl_max = std::time::Duration::from_millis(config.auth.token_ttl_max_ms);
         if ttl > ttl_max {
-            eprintln!(
-                "corecast: --ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
+            tracing::error!(
+                "--ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
                  the node would refuse the token"
             );
             return ExitCode::from(2);
@@ -220,7 +224,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corecast: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

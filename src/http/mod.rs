@@ -230,7 +230,7 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                eprintln!("corecast: core {}: HTTP accept failed: {e}", core.id);
+                tracing::error!(core = core.id, error = %e, "HTTP accept failed");
                 drop(permit);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
