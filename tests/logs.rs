@@ -305,3 +305,50 @@ fn a_glommio_log_warning_reaches_the_log() {
     assert_eq!(line["target"], "glommio::sys::uring", "{line}");
     drop(node);
 }
+
+#[test]
+fn mesh_peer_up_and_down_are_logged_once_each() {
+    let (a_port, b_port) = (common::peer_port(), common::peer_port());
+    let a_pub = format!("tcp://127.0.0.1:{a_port}");
+    let b_pub = format!("tcp://127.0.0.1:{b_port}");
+    let peers = format!("{a_pub},{b_pub}");
+    let key = common::CLUSTER_MESH_KEY;
+    let (a, stderr) = Node::start_capturing_stderr(&[
+        ("CORECAST_LOG_FORMAT", "json"),
+        ("CORECAST_NODE_ID", "node-a"),
+        ("CORECAST_MESH_LISTEN", a_pub.as_str()),
+        ("CORECAST_MESH_PEERS", peers.as_str()),
+        ("CORECAST_MESH_KEY", key),
+    ]);
+    let b = Node::start_with(&[
+        ("CORECAST_NODE_ID", "node-b"),
+        ("CORECAST_MESH_LISTEN", b_pub.as_str()),
+        ("CORECAST_MESH_PEERS", peers.as_str()),
+        ("CORECAST_MESH_KEY", key),
+    ]);
+    let up = parse(&stderr.wait_line("mesh peer up", common::PEERS_WAIT, |l| {
+        is_message(l, "mesh peer up")
+    }));
+    assert_eq!(up["peer"], b_pub.as_str(), "{up}");
+    assert_eq!(up["level"], "INFO", "{up}");
+    drop(b);
+    let down = parse(
+        &stderr.wait_line("mesh peer down", common::PEERS_WAIT, |l| {
+            is_message(l, "mesh peer down")
+        }),
+    );
+    assert_eq!(down["peer"], b_pub.as_str(), "{down}");
+    assert_eq!(down["level"], "WARN", "{down}");
+    let lines = stderr.lines();
+    let ups = lines
+        .iter()
+        .map(|l| parse(l))
+        .filter(|v| message(v) == "mesh peer up" && v["peer"] == b_pub.as_str())
+        .count();
+    assert_eq!(ups, 1, "{}", lines.join("\n"));
+    assert!(
+        !lines.join("\n").contains(key),
+        "the log shows the mesh key"
+    );
+    drop(a);
+}
