@@ -133,11 +133,19 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
              data messages are echoed and no token is checked"
         );
     }
+    let mut accept_errors = crate::logging::Throttle::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::error!(core = core.id, error = %e, "WebSocket accept failed");
+                if let Some(held_back) = accept_errors.allow(Instant::now()) {
+                    tracing::error!(
+                        core = core.id,
+                        error = %e,
+                        held_back,
+                        "WebSocket accept failed"
+                    );
+                }
                 glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
                 continue;
             }

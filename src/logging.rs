@@ -108,6 +108,37 @@ fn install(format: LogFormat, filter: EnvFilter) {
     let _ = installed;
 }
 
+/// How often a repeating error (an accept loop failing, e.g. on EMFILE) is
+/// logged at most, in milliseconds; the repeats between are counted.
+pub const REPEAT_ERROR_LOG_MS: u64 = 10_000;
+
+/// Lets one line through per [`REPEAT_ERROR_LOG_MS`] and counts the ones
+/// held back, so that an error repeating in a loop is one line per
+/// interval, not a flood.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// `Some(held back since the last line)` when a line may be logged
+    /// `now`; `None` when this one is held back (and counted).
+    pub fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        let interval = std::time::Duration::from_millis(REPEAT_ERROR_LOG_MS);
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < interval => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
 /// Refused handshakes on one core since its last summary, by reason (the
 /// handshake error's `code`). Touched only on refusals and once per
 /// summary, never on the push path.
@@ -171,6 +202,18 @@ mod tests {
                 .starts_with("CORECAST_LOG=\"corecast=loud\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn throttle_lets_one_line_per_interval_through_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        let t0 = std::time::Instant::now();
+        let interval = std::time::Duration::from_millis(REPEAT_ERROR_LOG_MS);
+        assert_eq!(throttle.allow(t0), Some(0));
+        assert_eq!(throttle.allow(t0 + interval / 2), None);
+        assert_eq!(throttle.allow(t0 + interval / 2), None);
+        assert_eq!(throttle.allow(t0 + interval), Some(2));
+        assert_eq!(throttle.allow(t0 + interval * 2), Some(0));
     }
 
     #[test]
