@@ -25,6 +25,7 @@ use crate::metrics::{HandshakeOutcome, Limit};
 use crate::node::Slot;
 use crate::push::home_core;
 use crate::session::connection;
+use crate::ws::frame::{self, CloseCode};
 use crate::ws::handshake::{self, HandshakeError, UpgradeRequest};
 
 /// Handshakes one core works on at once; past it a connection is answered
@@ -175,6 +176,36 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+/// How long a refusal closed in band waits for the client's close or FIN
+/// before dropping the socket (so the close frame is read, not reset).
+const IN_BAND_REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Refuses a browser's upgrade for its token: answers 101, then closes at
+/// once with 4003 (expired: refresh and reconnect) or 4004 (invalid: do
+/// not), the reason being the token error's code. A browser sees only
+/// close codes, never the status of a refused upgrade.
+async fn refuse_in_band(core: &Core, mut stream: TcpStream, accept: &str, error: &TokenError) {
+    core.metrics.handshake(HandshakeOutcome::Unauthorized);
+    let code = match error {
+        TokenError::Expired => CloseCode::TokenExpired,
+        _ => CloseCode::TokenInvalid,
+    };
+    let mut answer = handshake::switching_protocols(accept);
+    answer.extend_from_slice(&frame::close(code, error.code()));
+    let fd = stream.as_raw_fd();
+    let _ = nix::sys::socket::send(fd, &answer, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+    let mut sink = [0u8; 256];
+    let drained = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(drained, glommio::timer::sleep(IN_BAND_REFUSAL_LINGER)).await;
+}
+
 /// Reads and drops what a refused client already sent (at most
 /// [`REFUSAL_DRAIN_BYTES`], without waiting).
 fn drain_early_input(stream: &TcpStream) {
@@ -206,7 +237,14 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
         }
         Ok(Some(request)) => {
             let peer = stream.peer_addr().ok();
-            authorize(core, &request, peer).map(|ok| (ok, request.accept))
+            match authorize(core, &request, peer) {
+                // A browser cannot read a refused upgrade's status: it gets
+                // the upgrade and a close with the reason instead.
+                Err(HandshakeError::Unauthorized(error)) if request.origin.is_some() => {
+                    return refuse_in_band(core, stream, &request.accept, &error).await;
+                }
+                admitted => admitted.map(|ok| (ok, request.accept)),
+            }
         }
     };
     let ((claims, slot), accept) = match outcome {

@@ -62,6 +62,11 @@ pub enum CoreMsg {
         accept: String,
         slot: Slot,
     },
+    /// Close every connection of a user whose home is this core (4002).
+    Disconnect {
+        uid: String,
+        reply: Option<Reply<u32>>,
+    },
     Presence {
         uid: String,
         reply: Reply<Vec<ChannelInfo>>,
@@ -102,6 +107,12 @@ pub enum Overloaded {
 pub fn plan_received(received: Received, cores: usize) -> Vec<(usize, CoreMsg)> {
     let join = matches!(received.target, Target::RoomJoin { .. });
     match received.target {
+        Target::Disconnect { uid } => {
+            vec![(
+                home_core(&uid, cores),
+                CoreMsg::Disconnect { uid, reply: None },
+            )]
+        }
         Target::RoomJoin { room, uid } | Target::RoomLeave { room, uid } => {
             let home = home_core(&uid, cores);
             vec![(
@@ -207,6 +218,12 @@ impl Core {
                 // SAFETY: the fd is a connected TCP socket handed to us alone.
                 let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
                 connection::open(&self.hub, stream, claims, &accept, slot);
+            }
+            CoreMsg::Disconnect { uid, reply } => {
+                let n = self.hub.disconnect_user(&uid);
+                if let Some(reply) = reply {
+                    let _ = reply.try_send(n);
+                }
             }
             CoreMsg::Presence { uid, reply } => {
                 let _ = reply.try_send(self.hub.presence(&uid));
@@ -363,6 +380,35 @@ impl Core {
         rx.recv().await.unwrap_or(0)
     }
 
+    /// Closes every connection of `uid` cluster-wide with 4002, under the
+    /// message id `id`. Returns the connections closed on this node.
+    pub async fn disconnect(self: &Rc<Self>, id: &str, uid: String) -> u32 {
+        if let Some(mesh) = &self.node.mesh {
+            let target = Target::Disconnect { uid: uid.clone() };
+            mesh.publish(
+                id,
+                &target,
+                crate::push::ContentKind::Json,
+                &Bytes::new(),
+                crate::push::unix_micros(),
+            );
+        }
+        let home = home_core(&uid, self.cores);
+        if home == self.id {
+            return self.hub.disconnect_user(&uid);
+        }
+        let (tx, rx) = async_channel::bounded(1);
+        self.send_to(
+            home,
+            CoreMsg::Disconnect {
+                uid,
+                reply: Some(tx),
+            },
+        )
+        .await;
+        rx.recv().await.unwrap_or(0)
+    }
+
     /// Presence of a user on this node (asked of its home core).
     pub async fn presence(self: &Rc<Self>, uid: String) -> Vec<ChannelInfo> {
         let home = home_core(&uid, self.cores);
@@ -437,6 +483,14 @@ mod tests {
             &leave[0].1,
             CoreMsg::Membership { join: false, .. }
         ));
+    }
+
+    #[test]
+    fn a_received_disconnect_goes_to_the_users_home_core_only() {
+        let plan = plan_received(received(Target::Disconnect { uid: "eve".into() }), 4);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].0, home_core("eve", 4));
+        assert!(matches!(&plan[0].1, CoreMsg::Disconnect { uid, reply: None } if uid == "eve"));
     }
 
     #[test]

@@ -89,6 +89,7 @@ labelled_enum!(
         PushBroadcast => "push_broadcast",
         RoomMember => "room_member",
         Presence => "presence",
+        UserConnections => "user_connections",
         Metrics => "metrics",
         Health => "healthz",
         Ready => "readyz",

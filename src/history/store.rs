@@ -231,7 +231,7 @@ impl CoreHistory {
             }
             Target::Room(room) => index(&mut self.by_room, room, number),
             Target::Broadcast => self.broadcasts.push_back(number),
-            Target::RoomJoin { .. } | Target::RoomLeave { .. } => {}
+            Target::RoomJoin { .. } | Target::RoomLeave { .. } | Target::Disconnect { .. } => {}
         }
         self.bytes += bytes;
         self.entries.push_back(Entry {
@@ -332,7 +332,7 @@ impl CoreHistory {
                     self.broadcasts.pop_front();
                 }
             }
-            Target::RoomJoin { .. } | Target::RoomLeave { .. } => {}
+            Target::RoomJoin { .. } | Target::RoomLeave { .. } | Target::Disconnect { .. } => {}
         }
         true
     }

@@ -184,6 +184,7 @@ fn route_of(segments: &[&str]) -> Route {
         ["v1", "push", "broadcast"] => Route::PushBroadcast,
         ["v1", "rooms", _, "members", _] => Route::RoomMember,
         ["v1", "users", _] => Route::Presence,
+        ["v1", "users", _, "connections"] => Route::UserConnections,
         _ => Route::Other,
     }
 }
@@ -255,6 +256,16 @@ async fn dispatch(
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"uid": uid, "node": core.node.node_id, "channels": channels}),
+            ))
+        }
+        (Route::UserConnections, [_, _, uid, _]) => {
+            method_is(&req, &[Method::DELETE])?;
+            let uid = name(uid, "uid")?;
+            let id = core.ids.next_id();
+            let closed = core.disconnect(&id, uid).await;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"id": id, "closed": closed}),
             ))
         }
         (Route::RoomMember, [_, _, room, _, uid]) => {

@@ -121,6 +121,7 @@ pub fn estimated_bytes(id: &str, target: &Target, payload_len: usize) -> usize {
         Target::RoomJoin { room, uid } | Target::RoomLeave { room, uid } => {
             room.len() + uid.len() + 2 * PER_NAME
         }
+        Target::Disconnect { uid } => uid.len() + PER_NAME,
     };
     FIXED + id.len() + target_bytes + payload_len
 }
@@ -216,6 +217,7 @@ mod tests {
                 room: "r".into(),
                 uid: "dave".into(),
             },
+            Target::Disconnect { uid: "erin".into() },
         ];
         let kinds = [ContentKind::Json, ContentKind::Text, ContentKind::Binary];
         Batch {

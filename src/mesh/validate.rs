@@ -66,7 +66,7 @@ pub fn check_envelope(
         }
     };
     match target {
-        Target::User(n) | Target::Room(n) => name(n)?,
+        Target::User(n) | Target::Room(n) | Target::Disconnect { uid: n } => name(n)?,
         Target::Users(uids) => {
             if uids.is_empty() || uids.len() > BATCH_USERS_MAX {
                 return Err(Invalid::Users);

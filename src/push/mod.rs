@@ -30,6 +30,8 @@ pub enum Target {
     RoomJoin { room: String, uid: String },
     /// Server-side leave of a user from a room.
     RoomLeave { room: String, uid: String },
+    /// Close every connection of a user with 4002 (logout, ban).
+    Disconnect { uid: String },
 }
 
 /// One message on its way to clients; shared (`Arc`) by every core that
@@ -127,7 +129,10 @@ pub fn home_core(uid: &str, cores: usize) -> usize {
 /// home core; rooms and broadcasts go to every core.
 pub fn route(target: &Target, cores: usize) -> Vec<(usize, Target)> {
     match target {
-        Target::User(uid) | Target::RoomJoin { uid, .. } | Target::RoomLeave { uid, .. } => {
+        Target::User(uid)
+        | Target::RoomJoin { uid, .. }
+        | Target::RoomLeave { uid, .. }
+        | Target::Disconnect { uid } => {
             vec![(home_core(uid, cores), target.clone())]
         }
         Target::Users(uids) => {

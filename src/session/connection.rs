@@ -132,6 +132,7 @@ impl Connection {
             }
             Action::Join(_) | Action::Leave(_) => {}
             Action::Reject(error) => self.reply(&error.to_json()),
+            Action::Reply(text) => self.reply(text),
             Action::CloseEcho(code) if self.channel.is_open() => {
                 self.channel.close_echo(code, tick);
             }

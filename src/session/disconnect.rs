@@ -30,6 +30,7 @@ macro_rules! reasons {
 reasons! {
     ClientClose => ("client_close", CloseCode::Normal, "bye"),
     Replaced => ("replaced", CloseCode::Replaced, "replaced by a newer connection"),
+    Disconnected => ("disconnected", CloseCode::Disconnected, "disconnected by the server"),
     TokenExpired => ("token_expired", CloseCode::TokenExpired, "token expired"),
     SlowConsumer => ("slow_consumer", CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
     IdleTimeout => ("idle_timeout", CloseCode::GoingAway, "idle timeout"),

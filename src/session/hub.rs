@@ -276,6 +276,17 @@ impl Hub {
         affected as u32
     }
 
+    /// Closes every connection of `uid` on this core with 4002; returns
+    /// how many.
+    pub fn disconnect_user(&self, uid: &str) -> u32 {
+        let channels = self.shard.borrow().user_channels(uid);
+        let tick = self.tick();
+        for channel in &channels {
+            channel.close(DisconnectReason::Disconnected, tick, false);
+        }
+        channels.len() as u32
+    }
+
     /// The user's connections on this core.
     pub fn presence(&self, uid: &str) -> Vec<ChannelInfo> {
         self.shard.borrow().presence(uid, self.core)

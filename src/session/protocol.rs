@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use crate::metrics::Limit;
 use crate::session::disconnect::DisconnectReason;
 use crate::ws::frame::{self, FrameError};
-use crate::ws::message::{self, ClientMessage, MessageError};
+use crate::ws::message::{self, ClientMessage, MessageError, PONG_MESSAGE};
 
 /// Actions one read usually produces, kept inline.
 const ACTIONS_INLINE: usize = 4;
@@ -35,6 +35,8 @@ pub enum Action {
     Join(String),
     /// The client leaves a room.
     Leave(String),
+    /// Answer the client with this fixed text message.
+    Reply(&'static str),
     /// Answer the client with this error message.
     Reject(MessageError),
     /// The client started the closing handshake: echo its code.
@@ -449,6 +451,7 @@ impl Protocol {
         actions.push(match message::parse(body) {
             Ok(ClientMessage::Join(room)) => Action::Join(room),
             Ok(ClientMessage::Leave(room)) => Action::Leave(room),
+            Ok(ClientMessage::Ping) => Action::Reply(PONG_MESSAGE),
             Err(error) => Action::Reject(error),
         });
         Ok(())
@@ -1006,5 +1009,12 @@ mod tests {
         // It lives in every idle connection: a box pointer, 4 bytes of rate
         // window and two flags.
         assert_eq!(std::mem::size_of::<Protocol>(), 16);
+    }
+
+    #[test]
+    fn an_application_ping_is_answered_with_a_pong_message() {
+        let mut p = Protocol::new(0);
+        let actions = feed(&mut p, &masked(TEXT, br#"{"type":"ping"}"#), true);
+        assert_eq!(actions, vec![Action::Reply(r#"{"type":"pong"}"#)]);
     }
 }

@@ -230,7 +230,7 @@ impl Shard {
                     to_user(user);
                 }
             }
-            Target::RoomJoin { .. } | Target::RoomLeave { .. } => {}
+            Target::RoomJoin { .. } | Target::RoomLeave { .. } | Target::Disconnect { .. } => {}
         }
         fanout
     }
@@ -252,6 +252,13 @@ impl Shard {
     }
 
     /// Every open connection (for the drain at shutdown).
+    /// The open connections of one user on this core.
+    pub fn user_channels(&self, uid: &str) -> Vec<Rc<Channel>> {
+        self.users.get(uid).map_or_else(Vec::new, |u| {
+            u.channels.iter().filter(|c| c.is_open()).cloned().collect()
+        })
+    }
+
     pub fn open_channels(&self) -> Vec<Rc<Channel>> {
         self.users
             .values()

@@ -32,7 +32,9 @@ pub enum CloseCode {
     Error = 1011,
     TryAgainLater = 1013,
     Replaced = 4001,
+    Disconnected = 4002,
     TokenExpired = 4003,
+    TokenInvalid = 4004,
 }
 
 /// Builds a server (unmasked) frame: header and payload in one buffer.

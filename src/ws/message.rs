@@ -1,5 +1,8 @@
-//! Messages clients send as text frames: `join` and `leave`. Anything else
-//! is answered with an error frame (and counted toward the abuse limit).
+//! Messages clients send as text frames: `join`, `leave` and `ping` (an
+//! application-level liveness check: JavaScript cannot see WebSocket pings,
+//! so a browser client notices a half-open connection by its `pong`).
+//! Anything else is answered with an error frame (and counted toward the
+//! abuse limit).
 
 use serde::Deserialize;
 
@@ -10,7 +13,12 @@ use crate::auth::valid_name;
 pub enum ClientMessage {
     Join(String),
     Leave(String),
+    /// `{"type":"ping"}`: answered `{"type":"pong"}`.
+    Ping,
 }
+
+/// The answer to a client's `{"type":"ping"}`.
+pub const PONG_MESSAGE: &str = r#"{"type":"pong"}"#;
 
 /// Why a client message was refused; `code` goes into the error frame.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +82,7 @@ pub fn parse(text: &[u8]) -> Result<ClientMessage, MessageError> {
     match wire.kind {
         "join" => Ok(ClientMessage::Join(room()?)),
         "leave" => Ok(ClientMessage::Leave(room()?)),
+        "ping" => Ok(ClientMessage::Ping),
         _ => Err(MessageError::UnknownType),
     }
 }
@@ -111,5 +120,10 @@ mod tests {
             Err(MessageError::BadRoom)
         );
         assert!(MessageError::Forbidden.to_json().contains("forbidden"));
+    }
+
+    #[test]
+    fn ping_needs_no_room() {
+        assert_eq!(parse(br#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
     }
 }
