@@ -186,6 +186,7 @@ const IN_BAND_REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// close codes, never the status of a refused upgrade.
 async fn refuse_in_band(core: &Core, mut stream: TcpStream, accept: &str, error: &TokenError) {
     core.metrics.handshake(HandshakeOutcome::Unauthorized);
+    core.hub.count_refusal(error.code());
     let code = match error {
         TokenError::Expired => CloseCode::TokenExpired,
         _ => CloseCode::TokenInvalid,
