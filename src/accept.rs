@@ -129,17 +129,25 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
         limits.handshakes_per_address_max.div_ceil(core.cores),
     );
     if core.config.ws.echo && core.id == 0 {
-        eprintln!(
-            "corecast: WARNING: ws.echo is on (conformance tests only, never in production): \
-             data messages are echoed and no token is checked on {}",
-            core.config.ws.listen
+        tracing::warn!(
+            listen = %core.config.ws.listen,
+            "ws.echo is on (conformance tests only, never in production): \
+             data messages are echoed and no token is checked"
         );
     }
+    let mut accept_errors = crate::logging::Throttle::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                eprintln!("corecast: core {}: accept failed: {e}", core.id);
+                if let Some(held_back) = accept_errors.allow(Instant::now()) {
+                    tracing::error!(
+                        core = core.id,
+                        error = %e,
+                        held_back,
+                        "WebSocket accept failed"
+                    );
+                }
                 glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
                 continue;
             }
@@ -194,6 +202,7 @@ const IN_BAND_REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// close codes, never the status of a refused upgrade.
 async fn refuse_in_band(core: &Core, mut stream: TcpStream, accept: &str, error: &TokenError) {
     core.metrics.handshake(HandshakeOutcome::Unauthorized);
+    core.hub.count_refusal(error.code());
     let code = match error {
         TokenError::Expired => CloseCode::TokenExpired,
         _ => CloseCode::TokenInvalid,
@@ -289,6 +298,7 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
 /// a client that does not read it loses it.
 fn refuse(core: &Core, stream: &TcpStream, error: &HandshakeError) {
     core.metrics.handshake(error.outcome());
+    core.hub.count_refusal(error.code());
     match error {
         HandshakeError::TooLarge(_) => core.metrics.refused(Limit::HandshakeHeaderBytes),
         HandshakeError::Timeout => core.metrics.refused(Limit::HandshakeTimeout),

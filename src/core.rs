@@ -261,10 +261,7 @@ impl Core {
         self.link_to(to).reserve(bytes);
         if let Err(e) = self.senders.send_to(to, msg).await {
             self.link_to(to).release(bytes);
-            eprintln!(
-                "corecast: core {} -> core {to}: channel closed: {e:?}",
-                self.id
-            );
+            tracing::error!(core = self.id, to, error = ?e, "channel to core closed");
         }
     }
 

@@ -20,6 +20,10 @@ use crate::session::hub::Hub;
 /// Why an executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
+    /// Its thread ended before the executor ran (glommio's error is the
+    /// thread's result).
+    #[error("the executor ended before it ran")]
+    NotStarted,
     #[error("cannot join the channel mesh between cores: {0}")]
     ChannelMesh(String),
     #[error("cannot bind the {what} listener on {addr}: {source}")]

@@ -27,6 +27,7 @@ use crate::link::Links;
 use crate::metrics::CoreMetrics;
 use crate::node::{Capacity, Node};
 use crate::push::id_prefix;
+use crate::startup::{Failure, StartCause, Tried, diagnose};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +37,14 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start executor {core}: {message}")]
-    Spawn { core: usize, message: String },
+    #[error("cannot set up io_uring: {cause} (the error: {message})")]
+    IoUring { cause: StartCause, message: String },
+    #[error("cannot start executor {core}: {cause} (the error: {message})")]
+    Spawn {
+        core: usize,
+        cause: StartCause,
+        message: String,
+    },
     #[error("executor {core}: {source}")]
     Executor { core: usize, source: ExecutorError },
     #[error("executor {core} did not come up within {READY_TIMEOUT:?}")]
@@ -78,6 +85,89 @@ fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<OwnedFd>), Start
     Ok((SocketAddr::new(addr.ip(), port), Some(fd)))
 }
 
+/// The soft limit of `resource`, when readable.
+fn soft_limit(resource: nix::sys::resource::Resource) -> Option<u64> {
+    nix::sys::resource::getrlimit(resource)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// `kernel.io_uring_disabled` (0 allowed, 1 group only, 2 disabled), when
+/// the kernel has it.
+fn io_uring_disabled() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The cause of a failed executor or io_uring start, and the error's text.
+fn executor_cause(error: &std::io::Error) -> (StartCause, String) {
+    use nix::sys::resource::Resource;
+    let message = error.to_string();
+    let cause = diagnose(&Failure {
+        tried: Tried::Executor,
+        errno: error.raw_os_error(),
+        message: &message,
+        io_uring_disabled: io_uring_disabled(),
+        memlock_bytes: soft_limit(Resource::RLIMIT_MEMLOCK),
+        nofile: soft_limit(Resource::RLIMIT_NOFILE),
+    });
+    (cause, message)
+}
+
+/// A failed executor start, with its cause and fix.
+fn spawn_error(core: usize, error: &std::io::Error) -> StartError {
+    let (cause, message) = executor_cause(error);
+    StartError::Spawn {
+        core,
+        cause,
+        message,
+    }
+}
+
+/// Bytes of `struct io_uring_params` (linux/io_uring.h), as 32-bit words.
+const IO_URING_PARAMS_WORDS: usize = 120 / 4;
+
+/// Sets up and closes a one-entry io_uring, so that a blocked or missing
+/// io_uring is reported with its errno before any executor starts (glommio
+/// panics when it cannot probe io_uring).
+fn probe_io_uring() -> Result<(), StartError> {
+    let mut params = [0u32; IO_URING_PARAMS_WORDS];
+    // SAFETY: io_uring_setup reads and writes one io_uring_params, which
+    // `params` holds (zeroed: no flags).
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let (cause, message) = executor_cause(&std::io::Error::last_os_error());
+        return Err(StartError::IoUring { cause, message });
+    }
+    // SAFETY: `fd` is the ring this function just opened and owns.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// Reports on `ready` that an executor ended before its future ran
+/// (glommio could not set up its rings), unless disarmed by that future.
+struct StartWatch {
+    core: usize,
+    ready: Option<crate::executor::Ready>,
+}
+
+impl StartWatch {
+    fn disarm(mut self) -> crate::executor::Ready {
+        self.ready.take().expect("armed until disarmed")
+    }
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send((self.core, Err(ExecutorError::NotStarted)));
+        }
+    }
+}
+
 /// Warns when the open-file limit cannot hold `max_connections`.
 fn check_fd_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -88,11 +178,12 @@ fn check_fd_limit(max_connections: usize) {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(wanted.max(soft)), hard);
         }
         let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((soft, hard));
-        if soft < wanted {
-            eprintln!(
-                "corecast: warning: open-file limit is {soft}, below max_connections ({max_connections}) + {FD_MARGIN}; \
-                 connections past ~{} will fail to accept (raise LimitNOFILE, see kernel-tuning/)",
-                soft.saturating_sub(FD_MARGIN)
+        if let Some(cause) = crate::startup::fd_limit(soft, wanted) {
+            tracing::warn!(
+                nofile = soft,
+                max_connections,
+                accepts_fail_past = soft.saturating_sub(FD_MARGIN),
+                "{cause}"
             );
         }
     }
@@ -123,6 +214,27 @@ fn start_mesh(
     });
     crate::mesh::start(&config.cluster, deliver, metrics)
         .map_err(|e| StartError::Mesh(e.to_string()))
+}
+
+/// Logs what the node starts with: version, cores, listeners, and the
+/// limits an operator checks first.
+fn log_start(config: &Config, cores: usize) {
+    use nix::sys::resource::Resource;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = %config.cluster.node_id,
+        cores,
+        ws = %config.ws.listen,
+        http = %config.http.listen,
+        mesh = %config.cluster.mesh_listen,
+        mesh_peers = config.cluster.mesh_peers.len(),
+        max_connections = config.limits.max_connections,
+        nofile = soft_limit(Resource::RLIMIT_NOFILE),
+        memlock_bytes = soft_limit(Resource::RLIMIT_MEMLOCK),
+        io_memory_kib = config.node.io_memory_kib,
+        ring_depth = config.node.ring_depth,
+        "starting"
+    );
 }
 
 /// A running node's handles, for the signal wait.
@@ -169,6 +281,8 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
             ws.port()
         );
     }
+    log_start(&config, cores);
+    probe_io_uring()?;
     let config = Arc::new(config);
     let core_metrics: Vec<Arc<CoreMetrics>> = (0..cores).map(|_| Arc::default()).collect();
     let (foreign_tx, foreign_rx): (Vec<_>, Vec<_>) = (0..cores)
@@ -205,7 +319,10 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
     for (id, foreign) in foreign_rx.into_iter().enumerate() {
         let node = node.clone();
         let channel_mesh = channel_mesh.clone();
-        let ready = ready_tx.clone();
+        let watch = StartWatch {
+            core: id,
+            ready: Some(ready_tx.clone()),
+        };
         let alive = running_cores.clone();
         alive.fetch_add(1, Ordering::SeqCst);
         let cpu = (config.node.first_cpu + id) % online;
@@ -213,20 +330,29 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
             .name(&format!("corecast-core-{id}"))
             .io_memory(config.node.io_memory_kib * 1024)
             .ring_depth(config.node.ring_depth)
-            .spawn(move || async move {
-                let _alive = AliveGuard(alive);
-                crate::executor::run(id, node, channel_mesh, foreign, ready).await
+            .spawn(move || {
+                let ready = watch.disarm();
+                async move {
+                    let _alive = AliveGuard(alive);
+                    crate::executor::run(id, node, channel_mesh, foreign, ready).await
+                }
             })
-            .map_err(|e| StartError::Spawn {
-                core: id,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| spawn_error(id, &e.into()))?;
         executors.push(handle);
     }
     drop(ready_tx);
     for core in 0..cores {
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok((_, Ok(()))) => {}
+            Ok((core, Err(ExecutorError::NotStarted))) => {
+                // Its thread ended with glommio's error: join it for that.
+                let ended = executors.into_iter().nth(core).map(|e| e.join());
+                let error = match ended {
+                    Some(Err(e)) => std::io::Error::from(e),
+                    _ => std::io::Error::other("the executor ended before it ran"),
+                };
+                return Err(spawn_error(core, &error));
+            }
             Ok((core, Err(source))) => return Err(StartError::Executor { core, source }),
             Err(_) => return Err(StartError::NotReady { core }),
         }
@@ -234,6 +360,13 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
     drop(ws_hold);
     drop(http_hold);
     announce(&config, &node);
+    tracing::info!(
+        node_id = %node.node_id,
+        ws = %config.ws.listen,
+        http = %config.http.listen,
+        cores,
+        "ready"
+    );
     wait_and_drain(
         Running {
             executors,
@@ -263,14 +396,21 @@ fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> 
         let signal =
             unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timeout) };
         if signal == libc::SIGTERM || signal == libc::SIGINT {
-            eprintln!("corecast: signal {signal}: draining");
+            tracing::info!(
+                signal = Signal::try_from(signal).map_or("?", Signal::as_str),
+                connections = node.capacity.taken(),
+                drain_period_ms = node.config.shutdown.drain_period_ms,
+                "drain started"
+            );
             break;
         }
         if alive.load(Ordering::SeqCst) < cores {
-            eprintln!("corecast: an executor stopped unexpectedly; exiting");
+            tracing::error!("an executor stopped unexpectedly; exiting");
             std::process::exit(1);
         }
     }
+    let started = std::time::Instant::now();
+    let connections = node.capacity.taken();
     node.draining.store(true, Ordering::SeqCst);
     drain_trigger.close();
     for executor in executors {
@@ -283,6 +423,10 @@ fn wait_and_drain(running: Running, signals: &SigSet) -> Result<(), StartError> 
     {
         mesh.shutdown();
     }
-    eprintln!("corecast: drained, exiting");
+    tracing::info!(
+        connections,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "drained, exiting"
+    );
     Ok(())
 }

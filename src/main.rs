@@ -211,10 +211,15 @@ fn main() -> ExitCode {
     if let Some(Command::Config { action }) = &cli.command {
         return config_command(action, cli.node.config.as_deref());
     }
+    if let Err(e) = corecast::logging::init_from_env() {
+        // No logger to report through: the error goes to stderr as is.
+        eprintln!("corecast: {e}");
+        return ExitCode::from(2);
+    }
     let (config, dev) = match load(&cli.node) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("corecast: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -226,8 +231,8 @@ fn main() -> ExitCode {
     }) = cli.command
     {
         if dev.jwt_secret {
-            eprintln!(
-                "corecast: no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
+            tracing::error!(
+                "no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
                  a token signed with a random secret would be useless"
             );
             return ExitCode::from(2);
@@ -235,14 +240,14 @@ fn main() -> ExitCode {
         let ttl = match parse_ttl(&ttl) {
             Ok(ttl) => ttl,
             Err(e) => {
-                eprintln!("corecast: --ttl: {e}");
+                tracing::error!("--ttl: {e}");
                 return ExitCode::from(2);
             }
         };
         let ttl_max = std::time::Duration::from_millis(config.auth.token_ttl_max_ms);
         if ttl > ttl_max {
-            eprintln!(
-                "corecast: --ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
+            tracing::error!(
+                "--ttl {ttl:?} is above [auth] token_ttl_max_ms ({ttl_max:?}): \
                  the node would refuse the token"
             );
             return ExitCode::from(2);
@@ -268,7 +273,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corecast: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

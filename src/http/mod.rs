@@ -223,6 +223,7 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
     let http = Rc::new(HttpCore::new(&core));
     let per_address_max = core.config.http.connections_per_address_per_core_max;
     let lingering = Rc::new(Semaphore::new(REFUSALS_LINGERING_PER_CORE_MAX));
+    let mut accept_errors = crate::logging::Throttle::default();
     loop {
         let Ok(permit) = permits.acquire_static_permit(1).await else {
             return;
@@ -230,7 +231,9 @@ pub async fn serve(core: Rc<Core>, listener: TcpListener) {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                eprintln!("corecast: core {}: HTTP accept failed: {e}", core.id);
+                if let Some(held_back) = accept_errors.allow(std::time::Instant::now()) {
+                    tracing::error!(core = core.id, error = %e, held_back, "HTTP accept failed");
+                }
                 drop(permit);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;

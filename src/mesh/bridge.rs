@@ -401,13 +401,24 @@ impl Mesh {
         for peer in &self.peers {
             while let Some(event) = next_event(&peer.monitor) {
                 use zmq::SocketEvent::*;
-                match event {
-                    HANDSHAKE_SUCCEEDED => self.metrics.set_peer_up(&peer.address, true),
-                    DISCONNECTED => self.metrics.set_peer_up(&peer.address, false),
+                let up = match event {
+                    HANDSHAKE_SUCCEEDED => true,
+                    DISCONNECTED => false,
                     HANDSHAKE_FAILED_NO_DETAIL
                     | HANDSHAKE_FAILED_PROTOCOL
-                    | HANDSHAKE_FAILED_AUTH => self.metrics.count_handshake_failure(Side::Sub),
-                    _ => {}
+                    | HANDSHAKE_FAILED_AUTH => {
+                        self.metrics.count_handshake_failure(Side::Sub);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if !self.metrics.set_peer_up(&peer.address, up) {
+                    continue;
+                }
+                if up {
+                    tracing::info!(peer = %peer.address, "mesh peer up");
+                } else {
+                    tracing::warn!(peer = %peer.address, "mesh peer down");
                 }
             }
         }

@@ -248,13 +248,16 @@ impl MeshMetrics {
         lock(&self.peers).entry(peer.to_owned()).or_default();
     }
 
-    pub(crate) fn set_peer_up(&self, peer: &str, up: bool) {
+    /// Records whether `peer` is up; `true` when that changed.
+    pub(crate) fn set_peer_up(&self, peer: &str, up: bool) -> bool {
         let mut peers = lock(&self.peers);
         let state = peers.entry(peer.to_owned()).or_default();
         if state.up && !up {
             state.downs += 1;
         }
+        let changed = state.up != up;
         state.up = up;
+        changed
     }
 
     /// Counts `n` envelopes lost in what arrived through `peer`.

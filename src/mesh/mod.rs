@@ -452,8 +452,8 @@ pub fn security(
             address: address.to_owned(),
         });
     }
-    eprintln!(
-        "corecast: warning: cluster.mesh_key (CORECAST_MESH_KEY) is not set: the mesh runs \
+    tracing::warn!(
+        "cluster.mesh_key (CORECAST_MESH_KEY) is not set: the mesh runs \
          unauthenticated and unencrypted, which is allowed on loopback addresses only"
     );
     Ok(None)

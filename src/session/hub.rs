@@ -44,6 +44,9 @@ const DRAIN_GRACE: Duration = Duration::from_millis(TICK_MS * 4);
 /// How often a drain checks whether its connections have ended.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
+/// Heartbeat ticks between two refused-handshake summaries.
+const REFUSAL_SUMMARY_TICKS: u64 = crate::logging::REFUSAL_SUMMARY_MS / TICK_MS;
+
 /// Read buffers lent to connections while bytes move.
 #[derive(Debug, Default)]
 pub struct BufferPool {
@@ -84,6 +87,8 @@ pub struct Hub {
     churn: Cell<u32>,
     /// Connections ended since the heartbeat wheel was last compacted.
     ended_since_compaction: Cell<usize>,
+    /// Handshakes refused since the last summary line.
+    refusals: crate::logging::RefusalTally,
 }
 
 fn unix_millis() -> u64 {
@@ -110,6 +115,7 @@ impl Hub {
             ping_frame: frame::encode(OpCode::Control(Control::Ping), b""),
             churn: Cell::new(0),
             ended_since_compaction: Cell::new(0),
+            refusals: Default::default(),
         }
     }
 
@@ -322,6 +328,27 @@ impl Hub {
             .borrow_mut()
             .tick(tick, self.periods(), &self.ping_frame, unix_seconds());
         self.release_transient_memory();
+        if u64::from(tick) % REFUSAL_SUMMARY_TICKS == 0 {
+            self.log_refusals();
+        }
+    }
+
+    /// Counts a refused handshake for the next summary line.
+    pub fn count_refusal(&self, reason: &'static str) {
+        self.refusals.count(reason);
+    }
+
+    /// Logs the handshakes refused since the last summary, if any.
+    fn log_refusals(&self) {
+        if let Some((total, reasons)) = self.refusals.take() {
+            tracing::info!(
+                core = self.core,
+                refused = total,
+                reasons = %reasons,
+                interval_ms = crate::logging::REFUSAL_SUMMARY_MS,
+                "refused handshakes"
+            );
+        }
     }
 
     /// Gives the pages freed by finished handshakes and closed connections
@@ -343,6 +370,12 @@ impl Hub {
     /// period, then waits (bounded) for their tasks to end.
     pub async fn drain(&self) {
         let channels = self.shard.borrow().open_channels();
+        let started = Instant::now();
+        tracing::info!(
+            core = self.core,
+            connections = channels.len(),
+            "core draining"
+        );
         let period = self.config.drain_period();
         let steps = DRAIN_STEPS.max(1);
         let per_step = channels.len().div_ceil(steps as usize).max(1);
@@ -358,5 +391,14 @@ impl Hub {
         while self.shard.borrow().connections() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(DRAIN_POLL).await;
         }
+        self.log_refusals();
+        let left = self.shard.borrow().connections();
+        tracing::info!(
+            core = self.core,
+            closed = channels.len().saturating_sub(left),
+            left,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "core drained"
+        );
     }
 }

@@ -55,6 +55,36 @@ impl Node {
     /// Like [`Node::start_with`]; `Err` when the node exits (or stays
     /// silent) before it reports ready.
     pub fn try_start_with(env: &[(&str, &str)]) -> Result<Node, String> {
+        Node::spawn(env, None, None)
+    }
+
+    /// Like [`Node::start_with`], with the node's stderr collected line by
+    /// line into the returned [`Stderr`].
+    pub fn start_capturing_stderr(env: &[(&str, &str)]) -> (Node, Stderr) {
+        let stderr = Stderr::default();
+        let node = Node::spawn(env, Some(stderr.clone()), None).unwrap_or_else(|e| panic!("{e}"));
+        (node, stderr)
+    }
+
+    /// Like [`Node::start_capturing_stderr`], with `prepare` run in the
+    /// child before exec (limits, seccomp: async-signal-safe calls only);
+    /// `Err` when the node exits before it is ready, its stderr kept.
+    pub fn try_start_prepared(
+        env: &[(&str, &str)],
+        prepare: PreExec,
+    ) -> (Result<Node, String>, Stderr) {
+        let stderr = Stderr::default();
+        (
+            Node::spawn(env, Some(stderr.clone()), Some(prepare)),
+            stderr,
+        )
+    }
+
+    fn spawn(
+        env: &[(&str, &str)],
+        capture: Option<Stderr>,
+        prepare: Option<PreExec>,
+    ) -> Result<Node, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_corecast"));
         command
             .env("CORECAST_WS_LISTEN", "127.0.0.1:0")
@@ -63,11 +93,24 @@ impl Node {
             .env("CORECAST_API_KEYS", API_KEY)
             .env("CORECAST_CORES", "2")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if capture.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in env {
             command.env(k, v);
         }
+        if let Some(prepare) = prepare {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the hook makes async-signal-safe calls only (see
+            // `try_start_prepared`).
+            unsafe { command.pre_exec(prepare) };
+        }
         let mut child = command.spawn().expect("spawn corecast");
+        if let Some(capture) = capture {
+            capture.collect(child.stderr.take().expect("stderr"));
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + READY_WAIT;
@@ -263,6 +306,64 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A hook run in a node's process between fork and exec.
+pub type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
+/// A node's stderr lines, collected by a thread until the node closes it.
+#[derive(Clone, Default)]
+pub struct Stderr {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stderr {
+    fn collect(&self, stderr: std::process::ChildStderr) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                this.lines.lock().unwrap().push(line);
+            }
+            this.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a line that `matches`; returns it.
+    pub fn wait_line(
+        &self,
+        what: &str,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines = self.lines();
+            if let Some(line) = lines.iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; stderr so far:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits (bounded) until the node has closed its stderr; every line.
+    pub fn wait_end(&self, within: Duration) -> Vec<String> {
+        wait_for("stderr to close", within, || {
+            self.ended.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        self.lines()
     }
 }
 
