@@ -22,10 +22,20 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A mesh key for the keyed tests (CURVE).
 const KEY: &str = "unit-test-mesh-key-0123456789-abcdef";
 
+/// Ports for mesh listeners, which the peers must know before they start:
+/// below Linux's ephemeral range (32768-60999), so that no outgoing
+/// connection of a concurrent test can take one between this check and the
+/// bind (and a restarted node gets its port back); and below the
+/// 20000-32000 the integration tests use.
+const PEER_PORTS: std::ops::Range<u16> = 12_000..20_000;
+
+/// A free port from [`PEER_PORTS`], chosen at random.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    use std::hash::{BuildHasher, RandomState};
+    let span = u64::from(PEER_PORTS.end - PEER_PORTS.start);
+    (0u64..)
+        .map(|attempt| PEER_PORTS.start + (RandomState::new().hash_one(attempt) % span) as u16)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
         .expect("a free loopback port")
 }
 
@@ -399,7 +409,12 @@ fn a_late_or_restarted_peer_starts_receiving() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(a.metrics.peer_up(&addr(pb)), Some(false));
     // Published while nobody listens: gone, and a's work is not blocked.
+    // Sent before b exists (the mesh thread may be slow to get to it when
+    // the machine is loaded), so that it cannot reach b.
     assert!(a.publish("early", Target::Broadcast));
+    wait_until("early to be sent", || {
+        a.metrics.snapshot().envelopes_out >= 1
+    });
 
     let mut b = Node::start("b", pb, &[addr(pa)]);
     b.wait_peers_up(&[addr(pa)]);
