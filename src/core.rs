@@ -340,26 +340,18 @@ impl Core {
         uid: String,
         join: bool,
     ) -> u32 {
-        if let Some(mesh) = &self.node.mesh {
-            let target = if join {
-                Target::RoomJoin {
-                    room: room.clone(),
-                    uid: uid.clone(),
-                }
-            } else {
-                Target::RoomLeave {
-                    room: room.clone(),
-                    uid: uid.clone(),
-                }
-            };
-            mesh.publish(
-                id,
-                &target,
-                crate::push::ContentKind::Json,
-                &Bytes::new(),
-                crate::push::unix_micros(),
-            );
-        }
+        let target = if join {
+            Target::RoomJoin {
+                room: room.clone(),
+                uid: uid.clone(),
+            }
+        } else {
+            Target::RoomLeave {
+                room: room.clone(),
+                uid: uid.clone(),
+            }
+        };
+        self.publish_control(id, &target);
         self.membership_any(room, uid, join).await
     }
 
@@ -380,19 +372,24 @@ impl Core {
         rx.recv().await.unwrap_or(0)
     }
 
-    /// Closes every connection of `uid` cluster-wide with 4002, under the
-    /// message id `id`. Returns the connections closed on this node.
-    pub async fn disconnect(self: &Rc<Self>, id: &str, uid: String) -> u32 {
+    /// Publishes a control message (a membership change, a disconnect) to
+    /// the cluster: no payload, the target says it all.
+    fn publish_control(&self, id: &str, target: &Target) {
         if let Some(mesh) = &self.node.mesh {
-            let target = Target::Disconnect { uid: uid.clone() };
             mesh.publish(
                 id,
-                &target,
+                target,
                 crate::push::ContentKind::Json,
                 &Bytes::new(),
                 crate::push::unix_micros(),
             );
         }
+    }
+
+    /// Closes every connection of `uid` cluster-wide with 4002, under the
+    /// message id `id`. Returns the connections closed on this node.
+    pub async fn disconnect(self: &Rc<Self>, id: &str, uid: String) -> u32 {
+        self.publish_control(id, &Target::Disconnect { uid: uid.clone() });
         let home = home_core(&uid, self.cores);
         if home == self.id {
             return self.hub.disconnect_user(&uid);

@@ -14,12 +14,7 @@ const KILL_AT: u64 = 3_000;
 const MESH_KEY: &str = "cluster-node-loss-test-key-0123456789ab";
 
 fn start(id: &str, mesh: &str, peers: &str) -> Node {
-    Node::start_with(&[
-        ("CORECAST_NODE_ID", id),
-        ("CORECAST_MESH_LISTEN", mesh),
-        ("CORECAST_MESH_PEERS", peers),
-        ("CORECAST_MESH_KEY", MESH_KEY),
-    ])
+    Node::start_meshed(id, mesh, peers, MESH_KEY)
 }
 
 #[test]

@@ -9,9 +9,9 @@
 //! one.)
 
 mod common;
-use common::{Node, WAIT, wait_for};
+use common::{Node, WAIT, connect_from, wait_for};
 use std::io::Read;
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Silent connections the attacker opens.
@@ -19,25 +19,6 @@ const SLOW_CONNECTIONS: usize = 1_500;
 
 /// What a well-behaved client may wait for its upgrade meanwhile.
 const HONEST_WITHIN: Duration = Duration::from_secs(1);
-
-/// A TCP connection to `to` from source address `from` (any port).
-fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    let source = SockaddrIn::from(SocketAddrV4::new(from.into(), 0));
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &source).expect("bind source address");
-    let SocketAddr::V4(to) = to else {
-        panic!("loopback v4 expected")
-    };
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
-    TcpStream::from(fd)
-}
 
 /// What the node wrote before closing, read for at most `within`.
 fn answer(stream: &mut TcpStream, within: Duration) -> String {
@@ -52,7 +33,7 @@ fn silent_connections_from_one_address_do_not_lock_others_out() {
     let node = Node::start();
     let started = Instant::now();
     let mut slow: Vec<TcpStream> = (0..SLOW_CONNECTIONS)
-        .map(|_| connect_from([127, 0, 0, 2], node.ws))
+        .map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 2), node.ws))
         .collect();
     eprintln!(
         "{SLOW_CONNECTIONS} silent connections opened in {:?}",

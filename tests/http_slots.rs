@@ -8,36 +8,12 @@
 //! and the slow upload was reset 1 s (the idle timeout) after it started.
 
 mod common;
-use common::{API_KEY, Node, rss_kib};
+use common::{API_KEY, Node, connect_from, rss_kib};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A TCP connection to `to` from the loopback address `from` (Linux routes
-/// all of 127.0.0.0/8 to `lo`), so one test host plays several addresses.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    bind(raw, &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).expect("bind source");
-    let SocketAddr::V4(to) = to else {
-        panic!("loopback v4 expected")
-    };
-    connect(raw, &SockaddrIn::from(to)).expect("connect");
-    let stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
 
 /// One HTTP/1.1 response: status, lower-cased head, body.
 struct Answer {

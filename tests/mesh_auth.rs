@@ -129,12 +129,7 @@ mod tempdir {
 }
 
 fn start(id: &str, mesh: &str, peers: &str) -> Node {
-    Node::start_with(&[
-        ("CORECAST_NODE_ID", id),
-        ("CORECAST_MESH_LISTEN", mesh),
-        ("CORECAST_MESH_PEERS", peers),
-        ("CORECAST_MESH_KEY", MESH_KEY),
-    ])
+    Node::start_meshed(id, mesh, peers, MESH_KEY)
 }
 
 fn mesh_address() -> String {

@@ -13,12 +13,7 @@ use std::time::Duration;
 const MESH_KEY: &str = "mesh-huge-frame-test-key-0123456789abcd";
 
 fn start(id: &str, mesh: &str, peers: &str) -> Node {
-    Node::start_with(&[
-        ("CORECAST_NODE_ID", id),
-        ("CORECAST_MESH_LISTEN", mesh),
-        ("CORECAST_MESH_PEERS", peers),
-        ("CORECAST_MESH_KEY", MESH_KEY),
-    ])
+    Node::start_meshed(id, mesh, peers, MESH_KEY)
 }
 
 /// A ZMTP 3.0 greeting announcing `mechanism`.

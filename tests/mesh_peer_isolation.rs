@@ -21,12 +21,7 @@ const STALL: Duration = Duration::from_secs(5);
 const DETECT_WITHIN: Duration = Duration::from_secs(6);
 
 fn start(id: &str, mesh: &str, peers: &str) -> Node {
-    Node::start_with(&[
-        ("CORECAST_NODE_ID", id),
-        ("CORECAST_MESH_LISTEN", mesh),
-        ("CORECAST_MESH_PEERS", peers),
-        ("CORECAST_MESH_KEY", MESH_KEY),
-    ])
+    Node::start_meshed(id, mesh, peers, MESH_KEY)
 }
 
 fn peer_series(name: &str, peer: &str) -> String {

@@ -265,6 +265,17 @@ impl Node {
             .sum()
     }
 
+    /// Starts a node meshed on `mesh` (its PUB address) with `peers` (every
+    /// node's PUB address, comma-separated) under the cluster key `key`.
+    pub fn start_meshed(id: &str, mesh: &str, peers: &str, key: &str) -> Node {
+        Node::start_with(&[
+            ("CORECAST_NODE_ID", id),
+            ("CORECAST_MESH_LISTEN", mesh),
+            ("CORECAST_MESH_PEERS", peers),
+            ("CORECAST_MESH_KEY", key),
+        ])
+    }
+
     /// Connects `uid` on a socket whose receive buffer was set to
     /// `rcvbuf_bytes` before connect (so the window stays small).
     pub fn connect_small_rcvbuf(&self, uid: &str, rcvbuf_bytes: usize) -> Client {
@@ -583,6 +594,26 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
     out
+}
+
+/// A TCP connection to `to` from the loopback source address `from` (any
+/// port): tests of per-address limits play several clients this way.
+pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    bind(raw, &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).expect("bind source");
+    let SocketAddr::V4(to) = to else {
+        panic!("loopback v4 expected")
+    };
+    connect(raw, &SockaddrIn::from(to)).expect("connect");
+    TcpStream::from(fd)
 }
 
 /// Whether the outside program `program` (from the Debian package `package`)
