@@ -41,10 +41,16 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
+    /// The methods a 405 names in its `Allow` header (RFC 9110 15.5.6).
+    allow: Option<String>,
 }
 
 /// `Retry-After` of a 503 "overloaded": queues drain within milliseconds.
 const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
+/// `Retry-After` of a 503 "draining": by then another node (or this one,
+/// restarted) takes the push.
+const DRAINING_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -53,6 +59,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -86,6 +93,11 @@ impl ApiError {
             answer
                 .headers_mut()
                 .insert(RETRY_AFTER, hyper::header::HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow
+            && let Ok(value) = hyper::header::HeaderValue::from_str(&allow)
+        {
+            answer.headers_mut().insert(hyper::header::ALLOW, value);
         }
         answer
     }
@@ -194,14 +206,21 @@ fn route_of(segments: &[&str]) -> Route {
 
 fn method_is(req: &Request<Incoming>, allowed: &[Method]) -> Result<(), ApiError> {
     if allowed.contains(req.method()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+        return Ok(());
+    }
+    let allow = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(ApiError {
+        allow: Some(allow.clone()),
+        ..ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("use {allowed:?}"),
-        ))
-    }
+            format!("use {allow}"),
+        )
+    })
 }
 
 async fn dispatch(
@@ -314,11 +333,14 @@ fn name(raw: &str, what: &str) -> Result<String, ApiError> {
 
 fn refuse_while_draining(core: &Core) -> Result<(), ApiError> {
     if core.is_draining() {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "node is draining; push to another node",
-        ))
+        Err(ApiError {
+            retry_after_secs: Some(DRAINING_RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "node is draining; push to another node",
+            )
+        })
     } else {
         Ok(())
     }

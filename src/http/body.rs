@@ -30,10 +30,19 @@ pub enum BodyError {
 
 #[derive(Deserialize)]
 struct DataBody<'a> {
-    #[serde(borrow)]
+    /// Present (any JSON value, `null` included) or absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(default)]
     uids: Option<UidList>,
+}
+
+/// `Some` for any value the field holds, `null` included (serde's `Option`
+/// would read `null` as an absent field).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A batch's uids: valid names, distinct, 1..=[`BATCH_USERS_MAX`], checked
@@ -179,6 +188,18 @@ mod tests {
         let big = Bytes::from_static(b"{\"data\": 1e999999}");
         let content = parse_content("application/json", big, false).unwrap();
         assert_eq!(&content.payload[..], b"1e999999");
+    }
+
+    #[test]
+    fn null_data_is_a_value_and_a_missing_field_is_not() {
+        let null = parse_content(
+            "application/json",
+            Bytes::from_static(br#"{"data":null}"#),
+            false,
+        );
+        assert_eq!(&null.unwrap().payload[..], b"null");
+        let missing = parse_content("application/json", Bytes::from_static(br#"{"x":1}"#), false);
+        assert!(matches!(missing, Err(BodyError::BadRequest(_))));
     }
 
     fn batch(uids: &str) -> Result<Content, BodyError> {
