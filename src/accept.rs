@@ -159,7 +159,7 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
             Ok(slot) => {
                 let core = core.clone();
                 glommio::spawn_local(async move {
-                    handshake(&core, stream).await;
+                    handshake(&core, stream, peer).await;
                     drop(slot);
                 })
                 .detach();
@@ -232,7 +232,7 @@ fn drain_early_input(stream: &TcpStream) {
 
 /// Runs one WebSocket handshake to its end: refused with an HTTP error, or
 /// opened on the user's home core.
-async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
+async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     core.hub.count_churn();
     let limits = &core.config.limits;
     let started = Instant::now();
@@ -254,7 +254,6 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream) {
         }
         Ok(Some(Incoming::Asset(asset))) => return serve_asset(stream, &asset).await,
         Ok(Some(Incoming::Upgrade(request))) => {
-            let peer = stream.peer_addr().ok();
             match authorize(core, &request, peer) {
                 // A browser cannot read a refused upgrade's status: it gets
                 // the upgrade and a close with the reason instead.
@@ -379,7 +378,7 @@ async fn read_upgrade(
 fn authorize(
     core: &Core,
     request: &UpgradeRequest,
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
 ) -> Result<(Claims, Slot), HandshakeError> {
     handshake::check_origin(request.origin.as_deref(), &core.config.ws.allowed_origins)?;
     let claims = if core.config.ws.echo {
@@ -408,13 +407,9 @@ fn authorize(
 /// address and port, unique among open connections), so that
 /// `max_channels_per_user` never closes one conformance case for another
 /// and the cases spread over the cores; no rooms, no expiry.
-fn echo_claims(peer: Option<SocketAddr>) -> Claims {
-    let sub = match peer {
-        Some(peer) => format!("echo-{peer}"),
-        None => "echo".to_string(),
-    };
+fn echo_claims(peer: SocketAddr) -> Claims {
     Claims {
-        sub,
+        sub: format!("echo-{peer}"),
         exp: u64::MAX,
         rooms: None,
         device: None,
@@ -427,8 +422,8 @@ mod tests {
 
     #[test]
     fn each_echo_connection_is_a_user_of_its_own() {
-        let a = echo_claims(Some("127.0.0.1:40000".parse().unwrap()));
-        let b = echo_claims(Some("127.0.0.1:40001".parse().unwrap()));
+        let a = echo_claims("127.0.0.1:40000".parse().unwrap());
+        let b = echo_claims("127.0.0.1:40001".parse().unwrap());
         assert_ne!(a.sub, b.sub);
         assert_eq!(a.sub, "echo-127.0.0.1:40000");
         assert!(a.rooms.is_none() && a.device.is_none());

@@ -473,6 +473,18 @@ mod tests {
         });
     }
 
+    /// Flushes `channel` (over `ours`) to the end and returns every byte
+    /// the peer `theirs` read until our end closed.
+    fn flush_to_peer(channel: Channel, ours: UnixStream, mut theirs: UnixStream) -> Vec<u8> {
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            theirs.read_to_end(&mut received).expect("read");
+            received
+        });
+        flush_and_close(channel, ours.into_raw_fd());
+        reader.join().expect("reader")
+    }
+
     #[test]
     fn a_full_socket_queues_then_overflows_at_the_frame_cap() {
         let (ours, _theirs) = small_pair();
@@ -524,7 +536,7 @@ mod tests {
 
     #[test]
     fn a_slow_consumer_close_keeps_the_started_front_frame_then_1013() {
-        let (ours, mut theirs) = small_pair();
+        let (ours, theirs) = small_pair();
         let channel = channel_on(ours.as_raw_fd());
         let outcomes = fill(&channel);
         let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
@@ -551,13 +563,7 @@ mod tests {
             assert_eq!(out.frames.len(), usize::from(front_started) + 1);
         }
 
-        let reader = std::thread::spawn(move || {
-            let mut received = Vec::new();
-            theirs.read_to_end(&mut received).expect("read");
-            received
-        });
-        flush_and_close(channel, ours.into_raw_fd());
-        let received = reader.join().expect("reader");
+        let received = flush_to_peer(channel, ours, theirs);
 
         let mut expected: Vec<u8> = (0..written).flat_map(|i| frame(i).to_vec()).collect();
         if front_started {
@@ -588,7 +594,7 @@ mod tests {
 
     #[test]
     fn at_most_one_pong_waits_and_it_answers_the_latest_ping() {
-        let (ours, mut theirs) = small_pair();
+        let (ours, theirs) = small_pair();
         let channel = channel_on(ours.as_raw_fd());
         let outcomes = fill(&channel);
         let written = outcomes.iter().take_while(|s| **s == Sent::Written).count();
@@ -609,13 +615,7 @@ mod tests {
             "the queue is at its cap: the task stops reading"
         );
 
-        let reader = std::thread::spawn(move || {
-            let mut received = Vec::new();
-            theirs.read_to_end(&mut received).expect("read");
-            received
-        });
-        flush_and_close(channel, ours.into_raw_fd());
-        let received = reader.join().expect("reader");
+        let received = flush_to_peer(channel, ours, theirs);
         let last = pong(&9_999u32.to_be_bytes());
         assert!(
             received.ends_with(&last),

@@ -279,22 +279,10 @@ impl Node {
     /// Connects `uid` on a socket whose receive buffer was set to
     /// `rcvbuf_bytes` before connect (so the window stays small).
     pub fn connect_small_rcvbuf(&self, uid: &str, rcvbuf_bytes: usize) -> Client {
-        use nix::sys::socket::{
-            AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
-        };
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        setsockopt(&fd, sockopt::RcvBuf, &rcvbuf_bytes).expect("SO_RCVBUF");
-        let std::net::SocketAddr::V4(v4) = self.ws else {
-            panic!("loopback v4 expected")
-        };
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).expect("connect");
-        let stream = TcpStream::from(fd);
+        use nix::sys::socket::{setsockopt, sockopt};
+        let stream = connect_prepared(self.ws, |fd| {
+            setsockopt(fd, sockopt::RcvBuf, &rcvbuf_bytes).expect("SO_RCVBUF");
+        });
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let url = format!("ws://{}/ws?token={}", self.ws, self.token(uid, None));
         let (ws, _) = tungstenite::client::client_with_config(url, stream, Some(small_config()))
@@ -596,10 +584,10 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A TCP connection to `to` from the loopback source address `from` (any
-/// port): tests of per-address limits play several clients this way.
-pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+/// A TCP connection to `to` on a socket `prepare` set up before connect
+/// (a receive buffer, a source address).
+pub fn connect_prepared(to: SocketAddr, prepare: impl FnOnce(&std::os::fd::OwnedFd)) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
@@ -607,13 +595,22 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
         None,
     )
     .expect("socket");
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    bind(raw, &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).expect("bind source");
+    prepare(&fd);
     let SocketAddr::V4(to) = to else {
         panic!("loopback v4 expected")
     };
-    connect(raw, &SockaddrIn::from(to)).expect("connect");
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
     TcpStream::from(fd)
+}
+
+/// A TCP connection to `to` from the loopback source address `from` (any
+/// port): tests of per-address limits play several clients this way.
+pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{SockaddrIn, bind};
+    connect_prepared(to, |fd| {
+        let source = SockaddrIn::from(std::net::SocketAddrV4::new(from, 0));
+        bind(std::os::fd::AsRawFd::as_raw_fd(fd), &source).expect("bind source");
+    })
 }
 
 /// Whether the outside program `program` (from the Debian package `package`)
