@@ -328,7 +328,7 @@ impl Default for LimitsConfig {
             client_message_bytes_max: 4 * 1024,
             client_messages_per_sec_max: 20,
             push_body_bytes_max: 64 * 1024,
-            send_queue_frames_max: 256,
+            send_queue_frames_max: 4096,
             send_queue_bytes_max: 1024 * 1024,
             core_link_bytes_max: 32 * 1024 * 1024,
             http_connections_per_core_max: 1024,
@@ -680,7 +680,7 @@ pub const KEYS: &[Key] = &[
         "limits",
         "send_queue_frames_max",
         &[],
-        "Frames waiting in one connection's outbound queue (close 1013 past it).",
+        "Frames waiting in one connection's outbound queue, a backstop to the byte cap (close 1013 past it).",
     ),
     key(
         "limits",

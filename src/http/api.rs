@@ -507,13 +507,16 @@ async fn push(
         (target, _) => target,
     };
     let id = core.ids.next_id();
-    let push = Push::new(id.clone(), content.kind, content.payload, unix_micros());
+    // The payload is kept in the history: copied out of the request's
+    // buffer, so a slice of it does not keep the whole buffer alive.
+    let payload = Bytes::copy_from_slice(&content.payload);
+    let push = Push::new(id.clone(), content.kind, payload, unix_micros());
     core.metrics.push(kind);
     match core.push(push, target, idempotency).await {
         Ok(Accepted::New { recipients }) => Ok(accepted(&id, recipients)),
         Ok(Accepted::Duplicate { first_id }) => Ok(json(
             StatusCode::ACCEPTED,
-            &serde_json::json!({"id": first_id, "duplicate": true}),
+            &serde_json::json!({"id": first_id, "local_recipients": 0, "duplicate": true}),
         )),
         Err(overloaded) => Err(ApiError {
             retry_after_secs: Some(OVERLOADED_RETRY_AFTER_SECS),

@@ -98,6 +98,8 @@ pub struct Hub {
     pub(super) idempotency: RefCell<IdempotencyTable>,
     /// Server-side room memberships of the users whose home this is.
     pub(super) memberships: RefCell<Memberships>,
+    /// The tick of the last loss notice (see `stream::tell_loss`).
+    pub(super) loss_told_tick: Cell<Option<u32>>,
 }
 
 fn unix_millis() -> u64 {
@@ -128,6 +130,7 @@ impl Hub {
             history: RefCell::new(CoreHistory::new(history_limits)),
             idempotency: RefCell::new(idempotency),
             memberships: RefCell::new(memberships),
+            loss_told_tick: Cell::new(None),
             core,
             config: node.config.clone(),
             metrics: node.core_metrics[core].clone(),
@@ -278,6 +281,11 @@ impl Hub {
         self.refresh_gauges();
     }
 
+    /// This core's open connections.
+    pub(super) fn open_channels(&self) -> Vec<Rc<Channel>> {
+        self.shard.borrow().open_channels()
+    }
+
     /// The rooms a connected user is in on this core.
     pub fn user_rooms(&self, uid: &str) -> Vec<Rc<str>> {
         self.shard.borrow().user_rooms(uid)
@@ -379,8 +387,8 @@ impl Hub {
         self.wheel
             .borrow_mut()
             .tick(tick, self.periods(), &self.ping_frame, unix_seconds());
-        self.release_transient_memory();
         self.expire_history();
+        self.release_transient_memory();
         if u64::from(tick) % REFUSAL_SUMMARY_TICKS == 0 {
             self.log_refusals();
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::history::idempotency::{Claim, IdempotencyError};
 use crate::history::store::Routed;
-use crate::history::{Admission, Origin, Position, PositionError, ResumePlan};
+use crate::history::{Admission, Arrival, Origin, Position, PositionError, ResumePlan};
 use crate::limits::{RESUME_POLL_MS, RESUME_WAIT_MS};
 use crate::mesh::KeyRef;
 use crate::metrics::Limit;
@@ -114,9 +114,10 @@ impl Hub {
                     unix_millis(),
                     Admission::Evict,
                 );
-                if !matches!(admitted, Ok(a) if a != crate::history::Arrival::Duplicate) {
-                    return 0;
-                }
+                let lost = match admitted {
+                    Ok(Arrival::Duplicate) | Err(_) => return 0,
+                    Ok(arrival) => arrival == Arrival::AfterLoss,
+                };
                 let pos = history.position_text();
                 let frame = push.frame(target, &pos);
                 history.attach_frame(frame.clone());
