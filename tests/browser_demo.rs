@@ -6,7 +6,6 @@
 //! to the URL and with the key of the page's `curl` line shows in its DOM
 //! (screenshot in target/test-artifacts/demo-page.png).
 
-#[allow(dead_code)]
 mod browser;
 mod common;
 

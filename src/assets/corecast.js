@@ -163,8 +163,9 @@ export class Corecast {
       if (ws !== this._ws) return;
       clearTimeout(this._timer);
       this._openedAt = this._lastHeard = Date.now();
-      this._setState("open");
+      // Joins again first: a join() in a state handler then sends its own.
       for (const room of this.rooms) this._send({ type: "join", room });
+      this._setState("open");
       this._armLiveness();
     };
     ws.onmessage = (event) => ws === this._ws && this._onMessage(event.data);

@@ -229,7 +229,8 @@ pub fn artifact_dir() -> PathBuf {
 
 /// A test page that imports the module from `node_ws` and offers
 /// `track(client)`: the client's states (with close codes), pushes
-/// (`data`) and `resumed` events, as arrays the test reads.
+/// (`data`; a binary one as `"bin:1,2,3"`), their ids and `resumed` events,
+/// as arrays the test reads.
 pub fn test_page(node_ws: SocketAddr) -> String {
     format!(
         r#"<!doctype html><meta charset="utf-8"><title>corecast test page</title>
@@ -239,7 +240,8 @@ window.Corecast = Corecast;
 window.track = (client) => {{
   const t = {{ states: [], pushes: [], ids: [], resumed: [] }};
   client.on("state", (s, why) => t.states.push({{ s, code: (why && why.code) || null }}));
-  client.on("push", (m) => {{ t.pushes.push(m.data); t.ids.push(m.id); }});
+  const show = (data) => data instanceof ArrayBuffer ? "bin:" + new Uint8Array(data).join(",") : data;
+  client.on("push", (m) => {{ t.pushes.push(show(m.data)); t.ids.push(m.id); }});
   client.on("resumed", (r) => t.resumed.push(r));
   t.state = () => client.state;
   return t;
