@@ -2,10 +2,15 @@
 //! `nodejs`), with the WebSocket of npm `ws` (pinned, installed under
 //! target/node-ws by .ci/test) passed as `{ WebSocket }`, or Node's own
 //! where it has one: the backoff between failed attempts has full jitter
-//! within [0, min(cap, base * 2^n)), and a connection the server closes
-//! with 4001 (replaced) or 4002 (disconnected) is not reconnected.
+//! within [0, min(cap, base * 2^n)); a connection the server closes with
+//! 4001 (replaced) or 4002 (disconnected) is not reconnected; a connection
+//! that goes silent (a proxy that stops passing bytes, the sockets still
+//! open) is noticed by the `{"type":"ping"}` liveness check, dropped and
+//! opened again.
 
+mod browser;
 mod common;
+use browser::Proxy;
 use common::{Node, WAIT, wait_for};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Lines};
@@ -39,6 +44,13 @@ if (mode === "backoff-max" || mode === "backoff-random") {
     say({ attempts });
     process.exit(0);
   }, 2);
+} else if (mode === "live") {
+  const c = new Corecast(url, {
+    token, WebSocket: Counted, backoffBaseMs: 50, backoffCapMs: 200,
+    pingIntervalMs: LIVE_MS, pongTimeoutMs: LIVE_MS,
+  });
+  c.on("state", (s, why) => say({ state: s, code: (why && why.code) || null, at: performance.now() }));
+  c.connect();
 } else {
   const c = new Corecast(url, { token, WebSocket: Counted, backoffBaseMs: 50, backoffCapMs: 200 });
   c.on("state", (s, why) => {
@@ -60,11 +72,17 @@ const CAP_MS: f64 = 800.0;
 /// five at the 800 cap).
 const ATTEMPTS: usize = 9;
 
-/// Timer and connect time allowed on top of a wait's upper bound.
-const SLACK_MS: f64 = 100.0;
+/// Timer lateness and connect time allowed on top of a wait's upper bound
+/// (a loaded 2-core machine showed 170 ms; a missing cap would be 800 ms
+/// over by the fifth wait). Timers never fire early, so the lower bounds
+/// of the pinned run are exact.
+const SLACK_MS: f64 = 300.0;
 
 /// How long a closed client is watched for another attempt.
 const WATCH_MS: u64 = 2000;
+
+/// pingIntervalMs and pongTimeoutMs of the liveness run.
+const LIVE_MS: u64 = 300;
 
 /// The folder with node_modules/ws, "" for Node's own WebSocket, or `None`
 /// (skip) when there is neither and CI is unset.
@@ -109,7 +127,8 @@ impl Script {
             .replace("BASE", &BASE_MS.to_string())
             .replace("CAP", &CAP_MS.to_string())
             .replace("ATTEMPTS", &ATTEMPTS.to_string())
-            .replace("WATCH_MS", &WATCH_MS.to_string());
+            .replace("WATCH_MS", &WATCH_MS.to_string())
+            .replace("LIVE_MS", &LIVE_MS.to_string());
         std::fs::write(dir.0.join("run.mjs"), script).unwrap();
         let mut child = Command::new("node")
             .arg(dir.0.join("run.mjs"))
@@ -268,4 +287,36 @@ fn no_reconnect_after_4002_or_4001() {
         "attempts in all, {WATCH_MS} ms after the close"
     );
     assert!(newer.is_some());
+}
+
+#[test]
+fn a_silent_connection_is_noticed_by_the_ping_and_reopened() {
+    let Some(ws_dir) = websocket_source() else {
+        return;
+    };
+    let node = Node::start();
+    let proxy = Proxy::start(node.ws);
+    let url = format!("ws://{}/ws", proxy.addr);
+    let mut script = Script::run("live", &url, &node.token("sleeper", None), &ws_dir);
+    let connecting = script.next();
+    assert_eq!(connecting["state"], "connecting", "{connecting}");
+    let open = script.next();
+    assert_eq!(open["state"], "open", "{open}");
+    // Quiet for pingIntervalMs, then a ping nobody answers for pongTimeoutMs.
+    proxy.freeze_open();
+    let dropped = script.next();
+    assert_eq!(dropped["state"], "connecting", "{dropped}");
+    assert_eq!(
+        dropped["code"], 4000,
+        "dropped by the client itself: {dropped}"
+    );
+    let silent_ms = dropped["at"].as_f64().unwrap() - open["at"].as_f64().unwrap();
+    assert!(
+        silent_ms < (4 * LIVE_MS) as f64 + SLACK_MS,
+        "noticed after {silent_ms:.0} ms (ping after {LIVE_MS} ms of quiet, {LIVE_MS} ms for the pong)"
+    );
+    let reopened = script.next();
+    assert_eq!(reopened["state"], "open", "{reopened}");
+    assert_eq!(proxy.attempts(), 2);
+    eprintln!("a frozen connection was dropped {silent_ms:.0} ms after it opened");
 }

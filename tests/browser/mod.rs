@@ -296,8 +296,10 @@ impl Drop for PageServer {
 }
 
 /// A TCP proxy on loopback in front of `upstream` that the test controls:
-/// it can drop every connection and refuse (accept and close at once) new
-/// ones; it counts every connection attempt it sees.
+/// it can drop every connection, refuse (accept and close at once) new
+/// ones, and freeze the open ones (their bytes dropped both ways, the
+/// sockets left open: a half-open path, as after a laptop sleep); it counts
+/// every connection attempt it sees.
 pub struct Proxy {
     pub addr: SocketAddr,
     shared: Arc<ProxyShared>,
@@ -311,6 +313,8 @@ struct ProxyShared {
     attempts: AtomicUsize,
     /// Both sockets of every relayed connection.
     live: Mutex<Vec<TcpStream>>,
+    /// The freeze switch of every relayed connection.
+    frozen: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl Proxy {
@@ -337,11 +341,14 @@ impl Proxy {
                 live.push(client.try_clone().expect("clone"));
                 live.push(server.try_clone().expect("clone"));
                 drop(live);
+                let frozen = Arc::new(AtomicBool::new(false));
+                state.frozen.lock().unwrap().push(frozen.clone());
                 relay(
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
+                    frozen.clone(),
                 );
-                relay(server, client);
+                relay(server, client, frozen);
             }
         });
         Proxy { addr, shared }
@@ -359,6 +366,13 @@ impl Proxy {
         self.shared.refusing.store(on, Ordering::SeqCst);
     }
 
+    /// From now on, the connections open now pass nothing (new ones do).
+    pub fn freeze_open(&self) {
+        for frozen in self.shared.frozen.lock().unwrap().drain(..) {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Connection attempts seen so far (refused ones included).
     pub fn attempts(&self) -> usize {
         self.shared.attempts.load(Ordering::SeqCst)
@@ -373,13 +387,16 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either side ends,
-/// then shuts both down.
-fn relay(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own until either side ends
+/// (dropping the bytes while `frozen`), then shuts both down.
+fn relay(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
+            if n == 0 {
+                break;
+            }
+            if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
                 break;
             }
         }
