@@ -24,7 +24,7 @@ use crate::core::{Core, CoreMsg};
 use crate::metrics::{HandshakeOutcome, Limit};
 use crate::node::Slot;
 use crate::push::home_core;
-use crate::session::connection;
+use crate::session::connection::{self, Opening};
 use crate::ws::assets::{self, Asset, AssetRequest, DemoPage};
 use crate::ws::frame::{self, CloseCode};
 use crate::ws::handshake::{self, HandshakeError, UpgradeRequest};
@@ -291,17 +291,24 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 Err(HandshakeError::Unauthorized(error)) if request.origin.is_some() => {
                     return refuse_in_band(core, stream, &request.accept, &error).await;
                 }
-                admitted => admitted.map(|ok| (ok, request.accept)),
+                admitted => admitted.map(|ok| {
+                    let opening = Opening::from_query(
+                        request.since.as_deref(),
+                        request.rooms.as_deref(),
+                        core.config.limits.max_rooms_per_user,
+                    );
+                    (ok, (request.accept, opening))
+                }),
             }
         }
     };
-    let ((claims, slot), accept) = match outcome {
+    let ((claims, slot), (accept, opening)) = match outcome {
         Ok(admitted) => admitted,
         Err(error) => return refuse(core, &stream, &error),
     };
     let home = home_core(&claims.sub, core.cores);
     if home == core.id {
-        connection::open(&core.hub, stream, claims, &accept, slot);
+        connection::open(&core.hub, stream, claims, &accept, slot, opening);
         return;
     }
     // SAFETY: the raw fd is open for as long as `stream` lives.
@@ -314,6 +321,7 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 claims,
                 accept,
                 slot,
+                opening,
             };
             // A failed send drops the message: its fd closes and its slot
             // is released.

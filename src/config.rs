@@ -130,6 +130,7 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
+    pub history: HistoryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -420,6 +421,35 @@ impl Default for ShutdownConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Pushes are kept this long for resume (DESIGN section 3.1).
+    pub ttl_ms: u64,
+    /// Bytes of retained pushes on this node, split evenly over its cores;
+    /// oldest dropped first, and a push that would not fit among unexpired
+    /// ones is answered 503.
+    pub bytes_max: usize,
+    /// An `Idempotency-Key` is remembered this long.
+    pub idempotency_ttl_ms: u64,
+    /// Idempotency keys remembered on this node (503 past it).
+    pub idempotency_keys_max: usize,
+    /// Server-side room memberships stored on this node (refused past it).
+    pub memberships_max: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 120_000,
+            bytes_max: 256 * 1024 * 1024,
+            idempotency_ttl_ms: 300_000,
+            idempotency_keys_max: 1_000_000,
+            memberships_max: 1_000_000,
+        }
+    }
+}
+
 /// One configuration key: where it lives, what it sets, and the older
 /// environment variable names that keep working for it.
 #[derive(Debug)]
@@ -486,6 +516,7 @@ pub const SECTIONS: &[&str] = &[
     "heartbeat",
     "cluster",
     "shutdown",
+    "history",
 ];
 
 /// Every configuration key (the defaults are [`Config::default`]'s; a unit
@@ -742,6 +773,36 @@ pub const KEYS: &[Key] = &[
         "drain_period_ms",
         &["CORECAST_DRAIN_PERIOD_MS"],
         "On SIGTERM/SIGINT, connections are closed with 1001 spread over this, ms.",
+    ),
+    key(
+        "history",
+        "ttl_ms",
+        &[],
+        "Pushes are kept this long for resume (since=), ms.",
+    ),
+    key(
+        "history",
+        "bytes_max",
+        &[],
+        "Bytes of retained pushes per node, oldest dropped first (503 when full of unexpired ones).",
+    ),
+    key(
+        "history",
+        "idempotency_ttl_ms",
+        &[],
+        "An Idempotency-Key is remembered this long, ms.",
+    ),
+    key(
+        "history",
+        "idempotency_keys_max",
+        &[],
+        "Idempotency keys remembered per node (503 past it).",
+    ),
+    key(
+        "history",
+        "memberships_max",
+        &[],
+        "Server-side room memberships stored per node (refused past it).",
     ),
 ];
 
@@ -1128,6 +1189,19 @@ impl Config {
             if let Err(message) = parse_allowed_origin(origin) {
                 errors.push(invalid("ws.allowed_origins", message));
             }
+        }
+        let hist = &self.history;
+        if hist.ttl_ms == 0 {
+            errors.push(invalid("history.ttl_ms", "must be >= 1"));
+        }
+        if hist.bytes_max < limits::HISTORY_BYTES_MIN {
+            errors.push(invalid(
+                "history.bytes_max",
+                format!("must be >= {}", limits::HISTORY_BYTES_MIN),
+            ));
+        }
+        if hist.idempotency_ttl_ms == 0 {
+            errors.push(invalid("history.idempotency_ttl_ms", "must be >= 1"));
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS {
