@@ -5,7 +5,8 @@
 //! and in dev mode (no configured `jwt_secret`) `GET /`, the demo page: a
 //! page that imports the module, connects with a token minted for that
 //! request and shows the `curl` line that pushes to it (never served when a
-//! secret is configured: the request falls through to the upgrade's 404).
+//! secret is configured, nor to a `Host` that is a DNS name other than
+//! `localhost`: the request falls through to the upgrade's 404).
 //! Pure: request bytes in, response bytes out.
 
 use std::net::SocketAddr;
@@ -94,7 +95,11 @@ pub fn asset_request(buf: &[u8], demo: bool) -> Option<AssetRequest> {
     };
     let asset = match route {
         CORECAST_JS_PATH => Asset::Module,
-        DEMO_PATH if demo && header("upgrade").is_none() => Asset::DemoPage,
+        DEMO_PATH
+            if demo && header("upgrade").is_none() && header("host").is_none_or(local_host) =>
+        {
+            Asset::DemoPage
+        }
         _ => return None,
     };
     let if_none_match = header("if-none-match").map(str::to_owned);
@@ -128,6 +133,23 @@ pub fn response(request: &AssetRequest) -> Vec<u8> {
         out.extend_from_slice(CORECAST_JS.as_bytes());
     }
     out
+}
+
+/// Whether a `Host` header names this machine without DNS: an IP address or
+/// `localhost` (any port). The demo page carries a token and the API key;
+/// a page of another site whose name was re-pointed at 127.0.0.1 (DNS
+/// rebinding) sends its own name and gets the 404.
+fn local_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// What the demo page is told: whom it connects as, with which token, and
@@ -245,7 +267,7 @@ mod tests {
 
     #[test]
     fn the_demo_page_is_an_asset_in_dev_mode_only_and_never_for_an_upgrade() {
-        let get = b"GET /?x=1 HTTP/1.1\r\nHost: n\r\n\r\n";
+        let get = b"GET /?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
         assert_eq!(
             asset_request(get, false),
             None,
@@ -257,6 +279,32 @@ mod tests {
         );
         let upgrade = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         assert_eq!(asset_request(upgrade, true), None);
+    }
+
+    #[test]
+    fn the_demo_page_is_only_for_a_host_named_without_dns() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "10.1.2.3",
+        ] {
+            let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(asset_request(request.as_bytes(), true).is_some(), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "[evil]:1",
+            "127.0.0.1.evil.example",
+        ] {
+            let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(asset_request(request.as_bytes(), true), None, "{host}");
+        }
+        // The module is for any page of any site.
+        let module = b"GET /corecast.js HTTP/1.1\r\nHost: evil.example\r\n\r\n";
+        assert!(asset_request(module, false).is_some());
     }
 
     #[test]
