@@ -16,6 +16,11 @@
 //   c.leave("news");
 //   c.close();        // for good (state "closed")
 //
+// Options (defaults in DEFAULTS below): backoffBaseMs, backoffCapMs,
+// pingIntervalMs, pongTimeoutMs, maxMessagesPerSec, ...; `WebSocket` for a
+// runtime without a global one, e.g. Node.js before 22:
+//   new Corecast(url, { token, WebSocket: (await import("ws")).default });
+//
 // What it does for you:
 // - reconnects with exponential backoff and full jitter: the n-th retry in a
 //   row waits a random time in [0, min(backoffCapMs, backoffBaseMs * 2^n));
@@ -29,7 +34,8 @@
 //   the raw bytes, delivered as m.data (an ArrayBuffer);
 // - follows the server's close codes: 4001 (replaced by a newer tab), 4002
 //   (disconnected by the server) and 4004 (invalid token) end it for good;
-//   4003 (token expired) calls the token function again and reconnects;
+//   4003 (token expired) calls the token function again and reconnects
+//   (with a string token there is nothing to refresh: it ends too);
 //   anything else (1001 drain, 1013 slow consumer, a dropped network) retries;
 // - notices a dead connection: when nothing arrived for pingIntervalMs it
 //   sends {"type":"ping"} (the node answers {"type":"pong"}) and drops the
