@@ -239,6 +239,16 @@ pub struct AuthConfig {
     /// Longest remaining lifetime (`exp - now`) a client token may have at
     /// the upgrade; a token past it is refused (401 `token_bad_claims`).
     pub token_ttl_max_ms: u64,
+    /// Set at start-up, never read from a file: `jwt_secret` was empty and
+    /// is a random one made for this run (dev mode: the banner prints it and
+    /// `GET /` on the WebSocket port serves the demo page).
+    #[serde(skip)]
+    pub jwt_secret_generated: bool,
+    /// Set at start-up, never read from a file: `api_keys` was empty and
+    /// holds one random key made for this run (printed, and shown by the
+    /// demo page).
+    #[serde(skip)]
+    pub api_key_generated: bool,
 }
 
 impl Default for AuthConfig {
@@ -247,6 +257,8 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             api_keys: Vec::new(),
             token_ttl_max_ms: TOKEN_TTL_MAX_DEFAULT_MS,
+            jwt_secret_generated: false,
+            api_key_generated: false,
         }
     }
 }
@@ -260,6 +272,8 @@ impl fmt::Debug for AuthConfig {
                 &format_args!("<{} redacted>", self.api_keys.len()),
             )
             .field("token_ttl_max_ms", &self.token_ttl_max_ms)
+            .field("jwt_secret_generated", &self.jwt_secret_generated)
+            .field("api_key_generated", &self.api_key_generated)
             .finish()
     }
 }
