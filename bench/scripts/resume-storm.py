@@ -32,7 +32,8 @@ import time
 
 import websockets
 
-CONNECT_BATCH = 500  # connections opened concurrently per worker
+CONNECT_BATCH = 200  # connections opened concurrently per worker
+CONNECT_TRIES = 20  # a refused or timed-out handshake is retried, as a client would
 RECV_TIMEOUT_S = 60
 
 
@@ -54,9 +55,16 @@ async def open_all(ws, secret, uids, since_of, source):
     async def one(uid):
         since = since_of.get(uid, "")
         url = f"ws://{ws}/ws?token={token(secret, uid)}&since={since}"
-        conn = await websockets.connect(
-            url, max_size=None, ping_interval=None, open_timeout=60,
-            local_addr=(source, 0), compression=None)
+        for attempt in range(CONNECT_TRIES):
+            try:
+                conn = await websockets.connect(
+                    url, max_size=None, ping_interval=None, open_timeout=60,
+                    local_addr=(source, 0), compression=None)
+                break
+            except (websockets.exceptions.InvalidStatusCode, OSError, asyncio.TimeoutError):
+                if attempt + 1 == CONNECT_TRIES:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         replayed = []
         while True:
             msg = json.loads(await asyncio.wait_for(conn.recv(), RECV_TIMEOUT_S))

@@ -22,6 +22,9 @@ pub const POSITION_BYTES_MAX: usize = POSITION_ORIGINS_MAX * 28;
 /// Incarnations are random numbers below this (8 base-36 digits at most).
 pub const INCARNATION_MAX: u64 = 1 << 40;
 
+/// The text of the empty position.
+pub const EMPTY_TEXT: &str = "0";
+
 /// Seqs stay below this (a core at a million pushes a second for 35 years).
 pub const SEQ_MAX: u64 = 1 << 60;
 
@@ -98,8 +101,13 @@ impl Position {
         self.entries.is_empty()
     }
 
-    /// The text form (`pos` in frames, `since` in the URL).
+    /// The text form (`pos` in frames, `since` in the URL). The empty
+    /// position (no origin known yet) is `0`, never the empty string: an
+    /// empty `since=` asks for something else (start a stream).
     pub fn encode(&self) -> String {
+        if self.entries.is_empty() {
+            return EMPTY_TEXT.to_string();
+        }
         let mut out = String::with_capacity(self.entries.len() * 16);
         for (i, (origin, seq)) in self.entries.iter().enumerate() {
             if i > 0 {
@@ -115,14 +123,17 @@ impl Position {
     }
 
     /// Reads a position; anything not produced by [`Position::encode`]
-    /// within the caps is an error. The empty string is the empty position.
+    /// within the caps is an error (the empty string too).
     pub fn parse(text: &str) -> Result<Self, PositionError> {
         if text.len() > POSITION_BYTES_MAX {
             return Err(PositionError::TooLong);
         }
         let mut position = Position::new();
-        if text.is_empty() {
+        if text == EMPTY_TEXT {
             return Ok(position);
+        }
+        if text.is_empty() {
+            return Err(PositionError::BadEntry);
         }
         for (count, entry) in text.split('_').enumerate() {
             if count >= POSITION_ORIGINS_MAX {
@@ -207,8 +218,9 @@ mod tests {
 
     #[test]
     fn empty_is_the_empty_position() {
-        assert_eq!(Position::parse(""), Ok(Position::new()));
-        assert_eq!(Position::new().encode(), "");
+        assert_eq!(Position::parse("0"), Ok(Position::new()));
+        assert_eq!(Position::new().encode(), "0");
+        assert_eq!(Position::parse(""), Err(PositionError::BadEntry));
     }
 
     #[test]

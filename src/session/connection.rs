@@ -22,6 +22,7 @@ use crate::session::disconnect::DisconnectReason;
 use crate::session::hub::Hub;
 use crate::session::protocol::{Action, AfterClose, Protocol, ProtocolLimits};
 pub use crate::session::stream::Opening;
+use crate::session::stream::Since;
 use crate::ws::frame;
 use crate::ws::handshake::HandshakeError;
 use crate::ws::message::MessageError;
@@ -60,7 +61,7 @@ pub fn open(
     let hub = hub.clone();
     let accept = accept.to_owned();
     glommio::spawn_local(async move {
-        if let Ok(position) = &since {
+        if let Since::After(position) = &since {
             hub.wait_until_caught_up(&claims.sub, position).await;
         }
         // Registration and the replay in one step: see `stream`.

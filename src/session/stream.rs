@@ -24,13 +24,23 @@ use crate::session::channel::Channel;
 use crate::session::hub::Hub;
 use crate::ws::frame;
 
+/// What `since=` asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// `since=` (empty): nothing to recover; start a stream and learn its
+    /// position (`resumed` at once).
+    Start,
+    /// Resume after this position (`0`: the empty one, everything kept).
+    After(Position),
+    /// Not a position: resumed with `recovered: false`.
+    Malformed(PositionError),
+}
+
 /// What a connection asked for at the upgrade besides its token.
 #[derive(Debug, Default)]
 pub struct Opening {
-    /// `since=`: resume after this position (empty: start a stream and
-    /// learn its position); a malformed one resumes with `recovered:
-    /// false`. `None`: no resume, no `resumed` frame.
-    pub since: Option<Result<Position, PositionError>>,
+    /// `since=`: see [`Since`]. `None`: no resume, no `resumed` frame.
+    pub since: Option<Since>,
     /// `rooms=`: rooms to join before the replay (each permitted as a
     /// `join` message would be).
     pub rooms: Vec<String>,
@@ -41,9 +51,16 @@ impl Opening {
     /// percent-encoded names) of an upgrade request.
     pub fn from_query(since: Option<&str>, rooms: Option<&str>, rooms_max: usize) -> Self {
         let since = since.map(|text| {
-            percent_decode(text)
+            if text.is_empty() {
+                return Since::Start;
+            }
+            match percent_decode(text)
                 .ok_or(PositionError::BadEntry)
                 .and_then(|text| Position::parse(&text))
+            {
+                Ok(position) => Since::After(position),
+                Err(e) => Since::Malformed(e),
+            }
         });
         let rooms = rooms
             .into_iter()
@@ -248,10 +265,10 @@ impl Hub {
 
     /// Queues, right after registration, what a connection that opened with
     /// `since` missed, then its `resumed` frame.
-    pub fn replay(&self, channel: &Rc<Channel>, since: &Result<Position, PositionError>) {
+    pub fn replay(&self, channel: &Rc<Channel>, since: &Since) {
         let (recovered, missed, pos) = match since {
-            Ok(since) if since.is_empty() => (true, 0, self.history.borrow_mut().position_text()),
-            Ok(since) => {
+            Since::Start => (true, 0, self.history.borrow_mut().position_text()),
+            Since::After(since) => {
                 let rooms = self.user_rooms(&channel.uid);
                 let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
                 let history = self.history.borrow();
@@ -267,7 +284,7 @@ impl Hub {
                     resume.pos.encode().into(),
                 )
             }
-            Err(_) => (false, 0, self.history.borrow_mut().position_text()),
+            Since::Malformed(_) => (false, 0, self.history.borrow_mut().position_text()),
         };
         self.metrics.resumed(recovered, missed as u64);
         channel.send_replay(&frame::encode_text(&resumed_text(recovered, missed, &pos)));
@@ -281,7 +298,9 @@ mod tests {
     #[test]
     fn an_opening_reads_since_and_rooms() {
         let o = Opening::from_query(Some("a.0.5"), Some("r1,r%202,,r3"), 2);
-        let since = o.since.unwrap().unwrap();
+        let Some(Since::After(since)) = o.since else {
+            panic!("a position")
+        };
         assert_eq!(
             since.get(Origin {
                 incarnation: 10,
