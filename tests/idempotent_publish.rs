@@ -37,7 +37,11 @@ fn one_key_on_two_nodes_is_one_push_with_one_id() {
     let frame = client.recv_json();
     assert_eq!(frame["type"], "push", "{frame}");
     assert_eq!(frame["id"], first.as_str());
-    assert_eq!(frame["data"], json!({"n": 1}), "the first body is the one delivered");
+    assert_eq!(
+        frame["data"],
+        json!({"n": 1}),
+        "the first body is the one delivered"
+    );
     assert!(
         client.silent_for(Duration::from_millis(500)),
         "delivered once"

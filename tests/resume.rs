@@ -4,13 +4,14 @@
 //! order, then `{"type":"resumed","recovered":true,"missed":N}`, then live
 //! pushes. `since=` empty starts the stream at once; pushes to the token's
 //! rooms and to rooms named in `&rooms=` (joined by `join` messages
-//! before) are replayed; no `since` at all
-//! keeps the old behaviour (no `resumed` frame).
+//! before) are replayed; no `since` at all keeps the old behaviour (no
+//! `resumed` frame). A binary push is its `{"type":"binary","id","pos"}`
+//! text frame then the raw bytes, live and replayed.
 
 mod common;
 use common::{
-    Client, Node, Poster, WAIT, cluster, mesh_in, read_until_resumed, resume_path, wait_mesh_in,
-    wait_offline,
+    Client, Node, Poster, WAIT, cluster, mesh_in, read_until_resumed, resume_path, resumes,
+    wait_mesh_in, wait_offline,
 };
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -85,12 +86,18 @@ fn away_and_back(back_on: usize) {
     for (node, count) in [('a', AWAY_ON_A), ('b', AWAY_ON_B)] {
         let poster = &posters[if node == 'a' { 0 } else { 1 }];
         for n in 0..count {
-            let id = poster.push_ok(&path, json!({"phase": "away", "node": node.to_string(), "n": n}));
+            let id = poster.push_ok(
+                &path,
+                json!({"phase": "away", "node": node.to_string(), "n": n}),
+            );
             posted.insert(id.clone(), (node, n));
             order.entry(node).or_default().push(id);
         }
     }
-    let broadcast = posters[0].push_ok("/v1/push/broadcast", json!({"phase": "away", "broadcast": true}));
+    let broadcast = posters[0].push_ok(
+        "/v1/push/broadcast",
+        json!({"phase": "away", "broadcast": true}),
+    );
     posted.insert(broadcast.clone(), ('*', 0));
     // Both nodes hold everything before the user comes back.
     wait_mesh_in(&nodes[1], mesh_before[1] + (AWAY_ON_A + 1) as f64);
@@ -98,7 +105,8 @@ fn away_and_back(back_on: usize) {
 
     let node = &nodes[back_on];
     let mut client = resume(node, uid, &pos);
-    let (replayed, resumed) = read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let (replayed, resumed) =
+        read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_push_frames(&replayed);
     let ids: Vec<String> = replayed
         .iter()
@@ -118,7 +126,10 @@ fn away_and_back(back_on: usize) {
             assert_eq!(frame["data"], json!({"phase": "away", "broadcast": true}));
             assert!(frame.get("room").is_none(), "{frame}");
         } else {
-            assert_eq!(frame["data"], json!({"phase": "away", "node": from.to_string(), "n": n}));
+            assert_eq!(
+                frame["data"],
+                json!({"phase": "away", "node": from.to_string(), "n": n})
+            );
         }
     }
     assert_per_origin_order(&replayed);
@@ -129,7 +140,11 @@ fn away_and_back(back_on: usize) {
         let origins: HashSet<String> = sent.iter().map(|id| origin_and_counter(id).0).collect();
         if origins.len() == 1 {
             let got: Vec<&String> = ids.iter().filter(|id| posted[*id].0 == *from).collect();
-            assert_eq!(got, sent.iter().collect::<Vec<_>>(), "node {from}'s pushes in its order");
+            assert_eq!(
+                got,
+                sent.iter().collect::<Vec<_>>(),
+                "node {from}'s pushes in its order"
+            );
         } else {
             eprintln!("node {from}'s pushes came from {origins:?}: per-origin order checked only");
         }
@@ -137,11 +152,8 @@ fn away_and_back(back_on: usize) {
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["missed"], posted.len() as u64, "{resumed}");
     assert!(resumed["pos"].is_string(), "{resumed}");
-    assert_eq!(
-        node.metric("corecast_resumes_total{outcome=\"recovered\"}"),
-        1.0
-    );
-    assert!(node.metric("corecast_replayed_pushes_total") >= posted.len() as f64);
+    assert_eq!(resumes(node, "recovered"), 1.0);
+    assert!(node.metric_sum("corecast_replayed_pushes_total") >= posted.len() as f64);
 
     // Then live pushes from both nodes.
     let live: HashSet<String> = posters
@@ -158,7 +170,10 @@ fn away_and_back(back_on: usize) {
         })
         .collect();
     assert_eq!(got, live);
-    assert!(client.silent_for(Duration::from_millis(300)), "nothing more");
+    assert!(
+        client.silent_for(Duration::from_millis(300)),
+        "nothing more"
+    );
 }
 
 #[test]
@@ -181,7 +196,10 @@ fn empty_since_starts_the_stream_and_a_blip_before_the_first_push_recovers() {
     let mut plain = node.connect(uid);
     node.push_json(&path, json!("plain"));
     let frame = plain.recv_json();
-    assert_eq!(frame["type"], "push", "no resumed frame without since: {frame}");
+    assert_eq!(
+        frame["type"], "push",
+        "no resumed frame without since: {frame}"
+    );
     assert_eq!(frame["data"], "plain");
     drop(plain);
     wait_offline(&node, uid);
@@ -189,7 +207,10 @@ fn empty_since_starts_the_stream_and_a_blip_before_the_first_push_recovers() {
     // since= empty: resumed at once, nothing missed, with a pos.
     let mut client = resume(&node, uid, "");
     let (before, resumed) = read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(before.is_empty(), "nothing replayed for since= empty: {before:?}");
+    assert!(
+        before.is_empty(),
+        "nothing replayed for since= empty: {before:?}"
+    );
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["missed"], 0, "{resumed}");
     let start = resumed["pos"].as_str().expect("resumed pos").to_string();
@@ -205,13 +226,18 @@ fn empty_since_starts_the_stream_and_a_blip_before_the_first_push_recovers() {
         })
         .collect();
     let mut client = resume(&node, uid, &start);
-    let (replayed, resumed) = read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let (replayed, resumed) =
+        read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_push_frames(&replayed);
     let ids: HashSet<String> = replayed
         .iter()
         .map(|f| f["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, missed.iter().cloned().collect::<HashSet<_>>(), "{replayed:?}");
+    assert_eq!(
+        ids,
+        missed.iter().cloned().collect::<HashSet<_>>(),
+        "{replayed:?}"
+    );
     assert_eq!(replayed.len(), 2, "{replayed:?}");
     assert_per_origin_order(&replayed);
     assert_eq!(resumed["recovered"], true, "{resumed}");
@@ -253,12 +279,15 @@ fn pushes_to_token_rooms_and_to_rooms_on_the_url_are_replayed() {
     }
     let path = resume_path(&node, uid, Some(&rooms), &pos, "&rooms=joined");
     let mut client = node.try_connect(&path).expect("resume accepted");
-    let (replayed, resumed) = read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let (replayed, resumed) =
+        read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_push_frames(&replayed);
     assert_eq!(replayed.len(), expected.len(), "{replayed:?}");
     for frame in &replayed {
         let id = frame["id"].as_str().unwrap();
-        let data = expected.get(id).unwrap_or_else(|| panic!("not for this user: {frame}"));
+        let data = expected
+            .get(id)
+            .unwrap_or_else(|| panic!("not for this user: {frame}"));
         assert_eq!(frame["data"], *data);
         match *data {
             "to claimed" => assert_eq!(frame["room"], "claimed"),
@@ -275,4 +304,50 @@ fn pushes_to_token_rooms_and_to_rooms_on_the_url_are_replayed() {
     let live = client.recv_json();
     assert_eq!(live["data"], "live");
     assert_eq!(live["room"], "joined");
+}
+
+#[test]
+fn a_binary_push_is_replayed_as_its_text_frame_then_its_bytes() {
+    let node = Node::start();
+    let uid = "bytes";
+    let mut client = node.connect(uid);
+    let (status, _) = node.push_json(&format!("/v1/push/user/{uid}"), json!("first"));
+    assert_eq!(status, 202);
+    let first = client.recv_json();
+    let pos = first["pos"].as_str().expect("pos").to_string();
+    drop(client);
+    wait_offline(&node, uid);
+
+    // Every byte value: not UTF-8, so only a binary frame can carry it.
+    let bytes: Vec<u8> = (0..=255).collect();
+    let path = format!("/v1/push/user/{uid}");
+    let (status, body) = node.post(&path, "application/octet-stream", &bytes);
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    let mut client = resume(&node, uid, &pos);
+    let (replayed, resumed) =
+        read_until_resumed(&mut client, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+    let frame = &replayed[0];
+    assert_eq!(frame["type"], "binary", "{frame}");
+    assert_eq!(frame["id"], id.as_str());
+    assert!(frame["pos"].is_string(), "{frame}");
+    assert_eq!(frame["bytes"], json!(bytes));
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["missed"], 1, "{resumed}");
+
+    // Live, the same two frames.
+    let (status, body) = node.post(&path, "application/octet-stream", b"\xff live");
+    assert_eq!(status, 202, "{body}");
+    let tungstenite::Message::Text(text) = client.recv_message() else {
+        panic!("a text frame first");
+    };
+    let frame: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(frame["type"], "binary", "{frame}");
+    assert_eq!(frame["id"], body["id"]);
+    assert!(frame["pos"].is_string(), "{frame}");
+    assert_eq!(
+        client.recv_message(),
+        tungstenite::Message::binary(b"\xff live".to_vec())
+    );
 }

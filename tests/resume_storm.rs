@@ -100,7 +100,10 @@ fn five_hundred_users_resume_at_once_while_pushes_go_on() {
     assert_eq!(status, 202, "{answer}");
     let first = answer["id"].as_str().expect("id").to_string();
     wait_for("every user got the first push", FLEET_WAIT, || {
-        fleet.logs.iter().all(|l| l.lock().unwrap().seen.contains(&first))
+        fleet
+            .logs
+            .iter()
+            .all(|l| l.lock().unwrap().seen.contains(&first))
     });
 
     fleet.set_phase(Phase::Away);
@@ -151,7 +154,10 @@ fn five_hundred_users_resume_at_once_while_pushes_go_on() {
         }
         // The first connect (since= empty) and the one back from away.
         if log.resumes.len() < 2 {
-            problems.push(format!("storm-{u}: {} resumed frames, want 2", log.resumes.len()));
+            problems.push(format!(
+                "storm-{u}: {} resumed frames, want 2",
+                log.resumes.len()
+            ));
         }
         for r in &log.resumes {
             resumes += 1;

@@ -62,6 +62,8 @@ pub struct Resumed {
     pub missed: Option<u64>,
     /// Push frames received on this connection before the `resumed` frame.
     pub pushes_before: u64,
+    /// Which of the user's connections it came on (1 = the first).
+    pub connection: u64,
 }
 
 /// Everything one user received, over all its connections.
@@ -249,7 +251,9 @@ async fn connect(addr: SocketAddr, path: &str) -> Result<Ws, ConnectError> {
         .await
         {
             Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(resp)) => Err(ConnectError::Status(resp.status().as_u16())),
+            Err(tungstenite::Error::Http(resp)) => {
+                Err(ConnectError::Status(resp.status().as_u16()))
+            }
             Err(e) => Err(ConnectError::Other(format!("handshake: {e}"))),
         }
     };
@@ -379,10 +383,12 @@ fn on_text(log: &mut UserLog, text: &str, pushes_before: &mut u64, resumed_seen:
             } else {
                 log.bad(format!("resumed without pos: {text}"));
             }
+            let connection = log.connects;
             log.resumes.push(Resumed {
                 recovered,
                 missed: frame["missed"].as_u64(),
                 pushes_before: *pushes_before,
+                connection,
             });
         }
         _ => {}

@@ -716,13 +716,24 @@ impl Poster {
 
 /// `/ws?token=...&since=<since>` for `uid`, plus `extra` (e.g.
 /// `&rooms=a,b`).
-pub fn resume_path(node: &Node, uid: &str, rooms: Option<&[&str]>, since: &str, extra: &str) -> String {
+pub fn resume_path(
+    node: &Node,
+    uid: &str,
+    rooms: Option<&[&str]>,
+    since: &str,
+    extra: &str,
+) -> String {
     format!("/ws?token={}&since={since}{extra}", node.token(uid, rooms))
 }
 
 /// Every push frame up to the first `resumed` frame and that frame, read
 /// within `within` (bounded in frames too); `Err` names what came instead.
-pub fn read_until_resumed(client: &mut Client, within: Duration) -> Result<(Vec<Value>, Value), String> {
+/// A binary push (a `{"type":"binary",...}` text frame, then the raw bytes)
+/// is one entry: the text frame with the bytes under `"bytes"`.
+pub fn read_until_resumed(
+    client: &mut Client,
+    within: Duration,
+) -> Result<(Vec<Value>, Value), String> {
     const FRAMES_MAX: usize = 100_000;
     let deadline = Instant::now() + within;
     let mut pushes = Vec::new();
@@ -736,14 +747,34 @@ pub fn read_until_resumed(client: &mut Client, within: Duration) -> Result<(Vec<
         client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
         match message {
             Ok(Message::Text(text)) => {
-                let frame: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+                let frame: Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
                 match frame["type"].as_str() {
                     Some("resumed") => return Ok((pushes, frame)),
-                    Some("push") | Some("binary") => pushes.push(frame),
+                    Some("push") => pushes.push(frame),
+                    Some("binary") => {
+                        // The raw bytes follow at once in a binary frame:
+                        // kept on the text frame as "bytes" (an array).
+                        let mut frame = frame;
+                        match client.recv_message() {
+                            Message::Binary(bytes) => {
+                                frame["bytes"] = Value::from(bytes.to_vec());
+                            }
+                            other => {
+                                return Err(format!("{frame} not followed by bytes: {other:?}"));
+                            }
+                        }
+                        pushes.push(frame);
+                    }
                     _ => return Err(format!("unexpected frame before resumed: {frame}")),
                 }
             }
-            Ok(Message::Binary(bytes)) => pushes.push(Value::String(format!("binary:{}", bytes.len()))),
+            Ok(Message::Binary(bytes)) => {
+                return Err(format!(
+                    "a binary frame ({} bytes) without its text frame before resumed",
+                    bytes.len()
+                ));
+            }
             Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
             Ok(Message::Close(frame)) => return Err(format!("closed before resumed: {frame:?}")),
             Err(e) => {
@@ -776,8 +807,21 @@ pub fn mesh_in(node: &Node) -> f64 {
 /// Waits until `node` has received at least `want` mesh envelopes in all,
 /// then a moment more for them to reach its cores.
 pub fn wait_mesh_in(node: &Node, want: f64) {
-    wait_for(&format!("{want} mesh envelopes in on {}", node.node_id), WAIT, || {
-        mesh_in(node) >= want
-    });
+    wait_for(
+        &format!("{want} mesh envelopes in on {}", node.node_id),
+        WAIT,
+        || mesh_in(node) >= want,
+    );
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// `corecast_resumes_total` for `outcome` ("recovered" or "not_recovered"),
+/// summed over any other labels.
+pub fn resumes(node: &Node, outcome: &str) -> f64 {
+    let label = format!("outcome=\"{outcome}\"");
+    node.metrics()
+        .lines()
+        .filter(|l| l.starts_with("corecast_resumes_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
