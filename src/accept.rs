@@ -24,8 +24,8 @@ use crate::core::{Core, CoreMsg};
 use crate::metrics::{HandshakeOutcome, Limit};
 use crate::node::Slot;
 use crate::push::home_core;
-use crate::session::connection;
-use crate::ws::assets::{self, AssetRequest};
+use crate::session::connection::{self, Opening};
+use crate::ws::assets::{self, Asset, AssetRequest, DemoPage};
 use crate::ws::frame::{self, CloseCode};
 use crate::ws::handshake::{self, HandshakeError, UpgradeRequest};
 
@@ -177,19 +177,43 @@ pub async fn accept_websockets(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
-/// How long a client may take to read the browser client's module.
+/// How long a client may take to read the browser client's module or the
+/// demo page.
 const ASSET_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Answers a request for the browser client, then closes the connection
-/// (a client that does not read it is dropped after
+/// Lifetime of the token minted into each demo page.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Answers a request for the browser client or the demo page, then closes
+/// the connection (a client that does not read it is dropped after
 /// [`ASSET_WRITE_TIMEOUT`], so it cannot hold the handshake slot).
-async fn serve_asset(mut stream: TcpStream, asset: &AssetRequest) {
-    let response = assets::response(asset);
+async fn serve_asset(core: &Core, mut stream: TcpStream, asset: &AssetRequest) {
+    let response = match asset.asset {
+        Asset::Module => assets::response(asset),
+        Asset::DemoPage => demo_page(core, asset),
+    };
     let write = async {
         let _ = stream.write_all(&response).await;
         let _ = stream.close().await;
     };
     futures_lite::future::or(write, glommio::timer::sleep(ASSET_WRITE_TIMEOUT)).await;
+}
+
+/// The demo page (dev mode only: [`read_upgrade`] asks for it only then)
+/// with a token for [`assets::DEMO_UID`] minted now with the node's
+/// generated secret.
+fn demo_page(core: &Core, asset: &AssetRequest) -> Vec<u8> {
+    let auth = &core.config.auth;
+    let ttl = DEMO_TOKEN_TTL.min(Duration::from_millis(auth.token_ttl_max_ms));
+    let token = core
+        .node
+        .tokens
+        .mint(assets::DEMO_UID, None, Some("demo".into()), ttl);
+    let api_key = auth
+        .api_key_generated
+        .then(|| auth.api_keys.first().map(String::as_str))
+        .flatten();
+    DemoPage::new(assets::DEMO_UID, &token, core.config.http.listen, api_key).response(asset)
 }
 
 /// How long a refusal closed in band waits for the client's close or FIN
@@ -245,14 +269,21 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             ),
         head: started + core.config.handshake_timeout(),
     };
-    let read = read_upgrade(&mut stream, limits.handshake_header_bytes_max, deadlines).await;
+    let demo = core.config.auth.jwt_secret_generated;
+    let read = read_upgrade(
+        &mut stream,
+        limits.handshake_header_bytes_max,
+        deadlines,
+        demo,
+    )
+    .await;
     let outcome = match read {
         Err(e) => Err(e),
         Ok(None) => {
             core.metrics.handshake(HandshakeOutcome::IoError);
             return;
         }
-        Ok(Some(Incoming::Asset(asset))) => return serve_asset(stream, &asset).await,
+        Ok(Some(Incoming::Asset(asset))) => return serve_asset(core, stream, &asset).await,
         Ok(Some(Incoming::Upgrade(request))) => {
             match authorize(core, &request, peer) {
                 // A browser cannot read a refused upgrade's status: it gets
@@ -260,17 +291,24 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 Err(HandshakeError::Unauthorized(error)) if request.origin.is_some() => {
                     return refuse_in_band(core, stream, &request.accept, &error).await;
                 }
-                admitted => admitted.map(|ok| (ok, request.accept)),
+                admitted => admitted.map(|ok| {
+                    let opening = Opening::from_query(
+                        request.since.as_deref(),
+                        request.rooms.as_deref(),
+                        core.config.limits.max_rooms_per_user,
+                    );
+                    (ok, (request.accept, opening))
+                }),
             }
         }
     };
-    let ((claims, slot), accept) = match outcome {
+    let ((claims, slot), (accept, opening)) = match outcome {
         Ok(admitted) => admitted,
         Err(error) => return refuse(core, &stream, &error),
     };
     let home = home_core(&claims.sub, core.cores);
     if home == core.id {
-        connection::open(&core.hub, stream, claims, &accept, slot);
+        connection::open(&core.hub, stream, claims, &accept, slot, opening);
         return;
     }
     // SAFETY: the raw fd is open for as long as `stream` lives.
@@ -283,6 +321,7 @@ async fn handshake(core: &Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                 claims,
                 accept,
                 slot,
+                opening,
             };
             // A failed send drops the message: its fd closes and its slot
             // is released.
@@ -314,7 +353,7 @@ fn refuse(core: &Core, stream: &TcpStream, error: &HandshakeError) {
 /// A complete request on the WebSocket port.
 enum Incoming {
     Upgrade(UpgradeRequest),
-    /// `GET /corecast.js` (see [`assets`]).
+    /// `GET /corecast.js`, or `GET /` in dev mode (see [`assets`]).
     Asset(AssetRequest),
 }
 
@@ -327,11 +366,13 @@ struct Deadlines {
 
 /// Reads until the upgrade request is complete, at most `max` bytes, the
 /// request line by `deadlines.request_line` and the rest by
-/// `deadlines.head`. `Ok(None)`: the client went away.
+/// `deadlines.head`; `demo`: `GET /` is the demo page. `Ok(None)`: the
+/// client went away.
 async fn read_upgrade(
     stream: &mut TcpStream,
     max: usize,
     deadlines: Deadlines,
+    demo: bool,
 ) -> Result<Option<Incoming>, HandshakeError> {
     // Read straight into the request buffer: a chunk array would live in
     // the handshake task's allocation, and a bigger transient task leaves
@@ -364,7 +405,7 @@ async fn read_upgrade(
             Some(Ok(n)) => n,
         };
         buf.truncate(len + n);
-        if let Some(asset) = assets::asset_request(&buf) {
+        if let Some(asset) = assets::asset_request(&buf, demo) {
             return Ok(Some(Incoming::Asset(asset)));
         }
         if let Some(request) = handshake::parse_upgrade(&buf, max)? {

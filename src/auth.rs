@@ -194,6 +194,9 @@ pub fn valid_name(name: &str) -> bool {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The fixed key of the hash that names an API key's idempotency scope.
+const IDEMPOTENCY_SCOPE_LABEL: &[u8; 32] = b"corecast idempotency scope v1...";
+
 /// The API keys accepted on `/v1/*`, kept as HMAC-SHA256 digests under a
 /// per-process random key: every comparison is between two 32-byte digests,
 /// whatever the lengths of the key and of the guess.
@@ -201,6 +204,10 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct ApiKeys {
     mac_key: [u8; 32],
     digests: Vec<[u8; 32]>,
+    /// Per key: the scope of its idempotency keys, the same on every node
+    /// with the same key (a keyed hash with a fixed label, so the key itself
+    /// is neither kept nor sent).
+    scopes: Vec<u64>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -216,7 +223,23 @@ impl ApiKeys {
             .iter()
             .map(|k| digest(&mac_key, k.as_bytes()))
             .collect();
-        Self { mac_key, digests }
+        let scopes = keys
+            .iter()
+            .map(|k| {
+                let d = digest(IDEMPOTENCY_SCOPE_LABEL, k.as_bytes());
+                u64::from_le_bytes(d[..8].try_into().expect("8 of 32 bytes"))
+            })
+            .collect();
+        Self {
+            mac_key,
+            digests,
+            scopes,
+        }
+    }
+
+    /// The idempotency scope of key `index` (see [`Self::identify`]).
+    pub fn scope(&self, index: usize) -> u64 {
+        self.scopes.get(index).copied().unwrap_or(0)
     }
 
     /// Checks an `Authorization` header value (`Bearer <key>`) in time that

@@ -130,6 +130,7 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
+    pub history: HistoryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -238,6 +239,16 @@ pub struct AuthConfig {
     /// Longest remaining lifetime (`exp - now`) a client token may have at
     /// the upgrade; a token past it is refused (401 `token_bad_claims`).
     pub token_ttl_max_ms: u64,
+    /// Set at start-up, never read from a file: `jwt_secret` was empty and
+    /// is a random one made for this run (dev mode: the banner prints it and
+    /// `GET /` on the WebSocket port serves the demo page).
+    #[serde(skip)]
+    pub jwt_secret_generated: bool,
+    /// Set at start-up, never read from a file: `api_keys` was empty and
+    /// holds one random key made for this run (printed, and shown by the
+    /// demo page).
+    #[serde(skip)]
+    pub api_key_generated: bool,
 }
 
 impl Default for AuthConfig {
@@ -246,6 +257,8 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             api_keys: Vec::new(),
             token_ttl_max_ms: TOKEN_TTL_MAX_DEFAULT_MS,
+            jwt_secret_generated: false,
+            api_key_generated: false,
         }
     }
 }
@@ -259,6 +272,8 @@ impl fmt::Debug for AuthConfig {
                 &format_args!("<{} redacted>", self.api_keys.len()),
             )
             .field("token_ttl_max_ms", &self.token_ttl_max_ms)
+            .field("jwt_secret_generated", &self.jwt_secret_generated)
+            .field("api_key_generated", &self.api_key_generated)
             .finish()
     }
 }
@@ -327,7 +342,7 @@ impl Default for LimitsConfig {
             client_message_bytes_max: 4 * 1024,
             client_messages_per_sec_max: 20,
             push_body_bytes_max: 64 * 1024,
-            send_queue_frames_max: 256,
+            send_queue_frames_max: 4096,
             send_queue_bytes_max: 1024 * 1024,
             core_link_bytes_max: 32 * 1024 * 1024,
             http_connections_per_core_max: 1024,
@@ -406,6 +421,35 @@ impl Default for ShutdownConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Pushes are kept this long for resume (DESIGN section 3.1).
+    pub ttl_ms: u64,
+    /// Bytes of retained pushes on this node, split evenly over its cores;
+    /// oldest dropped first, and a push that would not fit among unexpired
+    /// ones is answered 503.
+    pub bytes_max: usize,
+    /// An `Idempotency-Key` is remembered this long.
+    pub idempotency_ttl_ms: u64,
+    /// Idempotency keys remembered on this node (503 past it).
+    pub idempotency_keys_max: usize,
+    /// Server-side room memberships stored on this node (refused past it).
+    pub memberships_max: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 120_000,
+            bytes_max: 256 * 1024 * 1024,
+            idempotency_ttl_ms: 300_000,
+            idempotency_keys_max: 1_000_000,
+            memberships_max: 1_000_000,
+        }
+    }
+}
+
 /// One configuration key: where it lives, what it sets, and the older
 /// environment variable names that keep working for it.
 #[derive(Debug)]
@@ -472,6 +516,7 @@ pub const SECTIONS: &[&str] = &[
     "heartbeat",
     "cluster",
     "shutdown",
+    "history",
 ];
 
 /// Every configuration key (the defaults are [`Config::default`]'s; a unit
@@ -649,7 +694,7 @@ pub const KEYS: &[Key] = &[
         "limits",
         "send_queue_frames_max",
         &[],
-        "Frames waiting in one connection's outbound queue (close 1013 past it).",
+        "Frames waiting in one connection's outbound queue, a backstop to the byte cap (close 1013 past it).",
     ),
     key(
         "limits",
@@ -728,6 +773,36 @@ pub const KEYS: &[Key] = &[
         "drain_period_ms",
         &["CORECAST_DRAIN_PERIOD_MS"],
         "On SIGTERM/SIGINT, connections are closed with 1001 spread over this, ms.",
+    ),
+    key(
+        "history",
+        "ttl_ms",
+        &[],
+        "Pushes are kept this long for resume (since=), ms.",
+    ),
+    key(
+        "history",
+        "bytes_max",
+        &[],
+        "Bytes of retained pushes per node, oldest dropped first (503 when full of unexpired ones).",
+    ),
+    key(
+        "history",
+        "idempotency_ttl_ms",
+        &[],
+        "An Idempotency-Key is remembered this long, ms.",
+    ),
+    key(
+        "history",
+        "idempotency_keys_max",
+        &[],
+        "Idempotency keys remembered per node (503 past it).",
+    ),
+    key(
+        "history",
+        "memberships_max",
+        &[],
+        "Server-side room memberships stored per node (refused past it).",
     ),
 ];
 
@@ -1114,6 +1189,19 @@ impl Config {
             if let Err(message) = parse_allowed_origin(origin) {
                 errors.push(invalid("ws.allowed_origins", message));
             }
+        }
+        let hist = &self.history;
+        if hist.ttl_ms == 0 {
+            errors.push(invalid("history.ttl_ms", "must be >= 1"));
+        }
+        if hist.bytes_max < limits::HISTORY_BYTES_MIN {
+            errors.push(invalid(
+                "history.bytes_max",
+                format!("must be >= {}", limits::HISTORY_BYTES_MIN),
+            ));
+        }
+        if hist.idempotency_ttl_ms == 0 {
+            errors.push(invalid("history.idempotency_ttl_ms", "must be >= 1"));
         }
         let h = &self.heartbeat;
         if h.ping_interval_ms < limits::TICK_MS {

@@ -15,7 +15,7 @@
 //! - what the cluster mesh receives -> [`plan_received`] -> the cores'
 //!   inboxes -> [`Core::handle`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,14 +26,18 @@ use glommio::net::TcpStream;
 
 use crate::auth::Claims;
 use crate::config::Config;
+use crate::history::idempotency::{Claim, IdempotencyError, key_core};
+use crate::history::store::Routed;
+use crate::history::{MeshRouter, Origin, Sequencer, Step};
 use crate::link::{LinkBudget, MESSAGE_OVERHEAD_BYTES};
-use crate::mesh::Received;
+use crate::mesh::{Extras, KeyRef, Received, Stamp};
 use crate::metrics::{CoreMetrics, CoreSnapshot, latency_histogram};
 use crate::node::{Node, Slot};
 use crate::push::{IdGenerator, Push, Target, home_core, route};
 use crate::session::connection;
 use crate::session::hub::Hub;
 use crate::session::shard::ChannelInfo;
+use crate::session::stream::Opening;
 
 /// A reply channel for a question asked of another core.
 pub type Reply<T> = async_channel::Sender<T>;
@@ -41,11 +45,37 @@ pub type Reply<T> = async_channel::Sender<T>;
 /// Messages between cores (and from the mesh thread into a core).
 #[derive(Debug)]
 pub enum CoreMsg {
-    /// Deliver a push to the recipients `target` names on this core.
+    /// Deliver a push to the recipients `target` names on this core, and
+    /// keep it in this core's history at its place in its origin's chain
+    /// (`None`: a push with no stamp, delivered live only).
     Deliver {
         push: Arc<Push>,
         target: Target,
+        routed: Option<Routed>,
         reply: Option<Reply<u32>>,
+    },
+    /// Nothing of `origin` was routed here since `prev`; it is at `seq`.
+    Advance {
+        origin: Origin,
+        seq: u64,
+        prev: u64,
+    },
+    /// Seqs of `origin` up to `hi` were lost before this node.
+    Gap {
+        origin: Origin,
+        hi: u64,
+    },
+    /// Records an idempotency key for push `id` on its key core; with a
+    /// reply, answers whether the key was fresh (a push from this node's
+    /// API) — without, just remembers it (a push from the mesh).
+    Claim {
+        key: KeyRef,
+        id: String,
+        reply: Option<Reply<Result<Claim, IdempotencyError>>>,
+    },
+    /// Forgets a fresh claim whose push was refused after all.
+    Unclaim {
+        key: KeyRef,
     },
     /// Server-side room join or leave for a user whose home is this core.
     Membership {
@@ -61,6 +91,7 @@ pub enum CoreMsg {
         claims: Claims,
         accept: String,
         slot: Slot,
+        opening: Opening,
     },
     /// Close every connection of a user whose home is this core (4002).
     Disconnect {
@@ -86,9 +117,10 @@ impl CoreMsg {
     }
 }
 
-/// What a push counts for on a link's byte budget.
+/// What a push counts for on a link's byte budget (the payload, and the
+/// frame the receiving core encodes from it).
 fn push_weight(push: &Push) -> usize {
-    MESSAGE_OVERHEAD_BYTES + push.payload.len() + push.frame.len()
+    MESSAGE_OVERHEAD_BYTES + 2 * push.payload.len() + push.id.len()
 }
 
 /// Why this node could not take a push: the API answers 503, never a 202
@@ -99,12 +131,32 @@ pub enum Overloaded {
     CoreLink(usize),
     #[error("the cluster mesh's outbound queue is full")]
     Mesh,
+    #[error("the history of core {0} is full of unexpired pushes")]
+    History(usize),
+    #[error("too many idempotency keys are remembered")]
+    IdempotencyKeys,
+}
+
+/// What became of a push the API accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Delivered and kept for resume; recipients on this node.
+    New { recipients: u32 },
+    /// Its idempotency key was seen before: not delivered again; the first
+    /// push's id.
+    Duplicate { first_id: String },
 }
 
 /// Routes what the cluster mesh received to the cores of this node: a room
 /// join or leave to the user's home core, a push to every core that holds
-/// recipients (each with its part of the target).
-pub fn plan_received(received: Received, cores: usize) -> Vec<(usize, CoreMsg)> {
+/// recipients (each with its part of the target and its place in the
+/// origin's chain, from `router`), markers and gaps to the others, and an
+/// idempotency key to its key core.
+pub fn plan_received(
+    received: Received,
+    cores: usize,
+    router: &mut MeshRouter,
+) -> Vec<(usize, CoreMsg)> {
     let join = matches!(received.target, Target::RoomJoin { .. });
     match received.target {
         Target::Disconnect { uid } => {
@@ -126,24 +178,62 @@ pub fn plan_received(received: Received, cores: usize) -> Vec<(usize, CoreMsg)> 
             )]
         }
         target => {
+            let mut plan = Vec::new();
+            if let Some(key) = received.idempotency {
+                plan.push((
+                    key_core(key.scope, &key.key, cores),
+                    CoreMsg::Claim {
+                        key,
+                        id: received.id.clone(),
+                        reply: None,
+                    },
+                ));
+            }
             let push = Push::new(
                 received.id,
-                &target,
                 received.kind,
                 received.payload,
                 received.created_at_us,
             );
-            route(&target, cores)
-                .into_iter()
-                .map(|(core, part)| {
+            let routes = route(&target, cores);
+            let Some(stamp) = received.stamp else {
+                plan.extend(routes.into_iter().map(|(core, part)| {
                     let msg = CoreMsg::Deliver {
                         push: push.clone(),
                         target: part,
+                        routed: None,
                         reply: None,
                     };
                     (core, msg)
-                })
-                .collect()
+                }));
+                return plan;
+            };
+            let origin = Origin {
+                incarnation: stamp.incarnation,
+                core: stamp.core,
+            };
+            let hit: Vec<usize> = routes.iter().map(|(core, _)| *core).collect();
+            let mut parts: Vec<Option<Target>> = vec![None; cores];
+            for (core, part) in routes {
+                parts[core] = Some(part);
+            }
+            for (core, step) in router.route(origin, stamp.seq, &hit) {
+                let msg = match step {
+                    Step::Deliver(routed) => match parts[core].take() {
+                        Some(part) => CoreMsg::Deliver {
+                            push: push.clone(),
+                            target: part,
+                            routed: Some(routed),
+                            reply: None,
+                        },
+                        None => continue,
+                    },
+                    Step::Advance { origin, seq, prev } => CoreMsg::Advance { origin, seq, prev },
+                    Step::Gap { origin, hi } => CoreMsg::Gap { origin, hi },
+                };
+                plan.push((core, msg));
+            }
+            plan
         }
     }
 }
@@ -159,6 +249,10 @@ pub struct Core {
     pub hub: Rc<Hub>,
     /// Message ids for pushes accepted on this core.
     pub ids: IdGenerator,
+    /// This core's origin: numbers the pushes it accepts.
+    sequencer: RefCell<Sequencer>,
+    /// Rung (never blocking) when markers are due; see [`Self::run_markers`].
+    markers_due: (async_channel::Sender<()>, async_channel::Receiver<()>),
     senders: Senders<CoreMsg>,
     busy_seconds: Cell<f64>,
 }
@@ -167,10 +261,17 @@ impl Core {
     pub fn new(hub: Rc<Hub>, senders: Senders<CoreMsg>) -> Self {
         let node = hub.node.clone();
         let id = hub.core;
+        let cores = senders.nr_consumers();
+        let origin = Origin {
+            incarnation: node.incarnation,
+            core: id as u16,
+        };
         Self {
             id,
-            cores: senders.nr_consumers(),
+            cores,
             ids: IdGenerator::new(&node.id_prefix, id),
+            sequencer: RefCell::new(Sequencer::new(origin, cores)),
+            markers_due: async_channel::bounded(1),
             config: node.config.clone(),
             metrics: hub.metrics.clone(),
             node,
@@ -191,13 +292,23 @@ impl Core {
             CoreMsg::Deliver {
                 push,
                 target,
+                routed,
                 reply,
             } => {
-                let n = self.hub.deliver(&push, &target);
+                let n = self.hub.deliver(&push, &target, routed);
                 if let Some(reply) = reply {
                     let _ = reply.try_send(n);
                 }
             }
+            CoreMsg::Advance { origin, seq, prev } => self.hub.advance(origin, seq, prev),
+            CoreMsg::Gap { origin, hi } => self.hub.gap(origin, hi),
+            CoreMsg::Claim { key, id, reply } => {
+                let claimed = self.hub.claim(&key, &id);
+                if let Some(reply) = reply {
+                    let _ = reply.try_send(claimed);
+                }
+            }
+            CoreMsg::Unclaim { key } => self.hub.unclaim(&key),
             CoreMsg::Membership {
                 room,
                 uid,
@@ -214,10 +325,11 @@ impl Core {
                 claims,
                 accept,
                 slot,
+                opening,
             } => {
                 // SAFETY: the fd is a connected TCP socket handed to us alone.
                 let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                connection::open(&self.hub, stream, claims, &accept, slot);
+                connection::open(&self.hub, stream, claims, &accept, slot, opening);
             }
             CoreMsg::Disconnect { uid, reply } => {
                 let n = self.hub.disconnect_user(&uid);
@@ -265,49 +377,175 @@ impl Core {
         }
     }
 
-    /// Delivers a push accepted by this node's HTTP API everywhere: local
-    /// cores now, the cluster through the mesh. Returns local recipients,
-    /// or [`Overloaded`] (and delivers nothing) when a core this push needs
-    /// or the mesh cannot take it now.
-    pub async fn push(self: &Rc<Self>, push: Arc<Push>, target: Target) -> Result<u32, Overloaded> {
-        let routes = route(&target, self.cores);
-        let bytes = push_weight(&push);
-        // Only this core sends on its links, so room seen here stays.
-        if let Some((full, _)) = routes
-            .iter()
-            .find(|(core, _)| *core != self.id && !self.link_to(*core).has_room(bytes))
-        {
-            return Err(Overloaded::CoreLink(*full));
+    /// Sends `msg` to core `to` now if its link has room; false if not.
+    fn try_send_now(self: &Rc<Self>, to: usize, msg: CoreMsg) -> bool {
+        if to == self.id {
+            self.handle(msg);
+            return true;
         }
-        if let Some(mesh) = &self.node.mesh
-            && !mesh.publish(
+        let bytes = msg.weight();
+        let link = self.link_to(to);
+        if !link.has_room(bytes) {
+            return false;
+        }
+        link.reserve(bytes);
+        if self.senders.try_send_to(to, msg).is_err() {
+            link.release(bytes);
+            return false;
+        }
+        true
+    }
+
+    /// Sends this core's advance markers a little after pushes were
+    /// accepted ([`ADVANCE_INTERVAL_MS`]), so that the other cores' heads
+    /// follow this origin without a message per push. Runs for the life of
+    /// the executor.
+    pub async fn run_markers(self: Rc<Self>) {
+        let interval = std::time::Duration::from_millis(crate::limits::ADVANCE_INTERVAL_MS);
+        while self.markers_due.1.recv().await.is_ok() {
+            glommio::timer::sleep(interval).await;
+            let markers = self.sequencer.borrow_mut().markers();
+            for (core, step) in markers {
+                let Step::Advance { origin, seq, prev } = step else {
+                    continue;
+                };
+                if !self.try_send_now(core, CoreMsg::Advance { origin, seq, prev }) {
+                    self.sequencer.borrow_mut().unsent(core);
+                    let _ = self.markers_due.0.try_send(());
+                }
+            }
+        }
+    }
+
+    /// Delivers a push accepted by this node's HTTP API everywhere: local
+    /// cores now, the cluster through the mesh, each keeping it in its
+    /// history before the answer. With an idempotency key seen before
+    /// (on any node), delivers nothing and names the first push. Refused
+    /// with [`Overloaded`] (nothing delivered) when a core, its history or
+    /// the mesh cannot take it now.
+    pub async fn push(
+        self: &Rc<Self>,
+        push: Arc<Push>,
+        target: Target,
+        idempotency: Option<KeyRef>,
+    ) -> Result<Accepted, Overloaded> {
+        let routes = route(&target, self.cores);
+        self.check_room(&push, &target, &routes)?;
+        if let Some(key) = &idempotency {
+            match self.claim(key, &push.id).await {
+                Ok(Claim::Fresh) => {}
+                Ok(Claim::Seen(first_id)) => return Ok(Accepted::Duplicate { first_id }),
+                Err(_) => return Err(Overloaded::IdempotencyKeys),
+            }
+            // The claim may have waited: look again, and give the key back
+            // if the push cannot go after all.
+            if let Err(overloaded) = self.check_room(&push, &target, &routes) {
+                self.unclaim(key.clone()).await;
+                return Err(overloaded);
+            }
+        }
+        let seq = self.sequencer.borrow().next_seq();
+        if let Some(mesh) = &self.node.mesh {
+            let extras = Extras {
+                stamp: Some(Stamp {
+                    incarnation: self.node.incarnation,
+                    core: self.id as u16,
+                    seq,
+                }),
+                idempotency: idempotency.clone(),
+            };
+            let published = mesh.publish_with(
                 &push.id,
                 &target,
                 push.kind,
                 &push.payload,
                 push.created_at_us,
-            )
-        {
-            return Err(Overloaded::Mesh);
+                extras,
+            );
+            if !published {
+                if let Some(key) = idempotency {
+                    self.unclaim(key).await;
+                }
+                return Err(Overloaded::Mesh);
+            }
         }
-        Ok(self.fan_out(push, routes).await)
+        let hit: Vec<usize> = routes.iter().map(|(core, _)| *core).collect();
+        let (numbered, steps) = self.sequencer.borrow_mut().sequence(&hit);
+        debug_assert_eq!(numbered, seq, "nothing numbered in between");
+        let _ = self.markers_due.0.try_send(());
+        let recipients = self.fan_out(push, routes, steps).await;
+        Ok(Accepted::New { recipients })
+    }
+
+    /// Whether every core this push needs has room on its link and in its
+    /// history now (only this core sends on its links, so room seen here
+    /// stays until the push is sent; a history can only shrink meanwhile).
+    fn check_room(
+        &self,
+        push: &Push,
+        target: &Target,
+        routes: &[(usize, Target)],
+    ) -> Result<(), Overloaded> {
+        let bytes = push_weight(push);
+        let history_bytes = crate::history::CoreHistory::entry_bytes(push, target) + bytes;
+        for (core, _) in routes {
+            if *core != self.id && !self.link_to(*core).has_room(bytes) {
+                return Err(Overloaded::CoreLink(*core));
+            }
+            if !self.node.history_room[*core].has_room(history_bytes) {
+                return Err(Overloaded::History(*core));
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims an idempotency key on its key core.
+    async fn claim(self: &Rc<Self>, key: &KeyRef, id: &str) -> Result<Claim, IdempotencyError> {
+        let owner = key_core(key.scope, &key.key, self.cores);
+        if owner == self.id {
+            return self.hub.claim(key, id);
+        }
+        let (tx, rx) = async_channel::bounded(1);
+        let msg = CoreMsg::Claim {
+            key: key.clone(),
+            id: id.to_owned(),
+            reply: Some(tx),
+        };
+        self.send_to(owner, msg).await;
+        rx.recv().await.unwrap_or(Err(IdempotencyError::Full))
+    }
+
+    async fn unclaim(self: &Rc<Self>, key: KeyRef) {
+        let owner = key_core(key.scope, &key.key, self.cores);
+        self.send_to(owner, CoreMsg::Unclaim { key }).await;
     }
 
     /// Delivers to the cores holding recipients (`routes`, whose links had
-    /// room) and sums what they did.
-    async fn fan_out(self: &Rc<Self>, push: Arc<Push>, routes: Vec<(usize, Target)>) -> u32 {
+    /// room), each with its step of the chain, and sums what they did.
+    async fn fan_out(
+        self: &Rc<Self>,
+        push: Arc<Push>,
+        routes: Vec<(usize, Target)>,
+        steps: Vec<(usize, Step)>,
+    ) -> u32 {
         let remote = routes.iter().filter(|(core, _)| *core != self.id).count();
         // A reply channel only when another core is involved.
         let replies = (remote > 0).then(|| async_channel::bounded(remote));
         let mut local = 0;
         let bytes = push_weight(&push);
-        for (core, part) in routes {
+        for ((core, part), (step_core, step)) in routes.into_iter().zip(steps) {
+            debug_assert_eq!(core, step_core, "steps follow the routes");
+            let routed = match step {
+                Step::Deliver(routed) => Some(routed),
+                _ => None,
+            };
             if core == self.id {
-                local += self.hub.deliver(&push, &part);
+                local += self.hub.deliver(&push, &part, routed);
             } else if let Some((tx, _)) = &replies {
                 let msg = CoreMsg::Deliver {
                     push: push.clone(),
                     target: part,
+                    routed,
                     reply: Some(tx.clone()),
                 };
                 let link = self.link_to(core);
@@ -450,12 +688,75 @@ mod tests {
             kind: ContentKind::Json,
             payload: Bytes::from_static(b"{}"),
             created_at_us: 1,
+            stamp: None,
+            idempotency: None,
         }
+    }
+
+    fn plan_fresh(received: Received, cores: usize) -> Vec<(usize, CoreMsg)> {
+        plan_received(received, cores, &mut MeshRouter::new(cores))
+    }
+
+    #[test]
+    fn a_stamped_push_is_chained_and_the_other_cores_get_markers() {
+        let mut router = MeshRouter::new(3);
+        let mut r = received(Target::User("bob".into()));
+        r.stamp = Some(Stamp {
+            incarnation: 5,
+            core: 1,
+            seq: 1,
+        });
+        r.idempotency = Some(KeyRef {
+            scope: 3,
+            key: "k".into(),
+        });
+        let plan = plan_received(r, 3, &mut router);
+        let home = home_core("bob", 3);
+        let origin = Origin {
+            incarnation: 5,
+            core: 1,
+        };
+        let mut delivered = 0;
+        let mut advanced = Vec::new();
+        let mut claims = 0;
+        for (core, msg) in &plan {
+            match msg {
+                CoreMsg::Deliver { routed, .. } => {
+                    assert_eq!(*core, home);
+                    assert_eq!(
+                        *routed,
+                        Some(Routed {
+                            origin,
+                            seq: 1,
+                            prev: 0
+                        })
+                    );
+                    delivered += 1;
+                }
+                CoreMsg::Advance {
+                    seq: 1, prev: 0, ..
+                } => advanced.push(*core),
+                CoreMsg::Claim {
+                    key,
+                    id,
+                    reply: None,
+                } => {
+                    assert_eq!(*core, key_core(3, "k", 3));
+                    assert_eq!((key.key.as_str(), id.as_str()), ("k", "m1"));
+                    claims += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((delivered, claims), (1, 1));
+        advanced.sort_unstable();
+        let others: Vec<usize> = (0..3).filter(|c| *c != home).collect();
+        assert_eq!(advanced, others);
     }
 
     #[test]
     fn a_received_room_join_goes_to_the_users_home_core_only() {
-        let plan = plan_received(
+        let plan = plan_fresh(
             received(Target::RoomJoin {
                 room: "lobby".into(),
                 uid: "alice".into(),
@@ -469,7 +770,7 @@ mod tests {
             CoreMsg::Membership { room, uid, join: true, reply: None }
                 if room == "lobby" && uid == "alice"
         ));
-        let leave = plan_received(
+        let leave = plan_fresh(
             received(Target::RoomLeave {
                 room: "lobby".into(),
                 uid: "alice".into(),
@@ -484,7 +785,7 @@ mod tests {
 
     #[test]
     fn a_received_disconnect_goes_to_the_users_home_core_only() {
-        let plan = plan_received(received(Target::Disconnect { uid: "eve".into() }), 4);
+        let plan = plan_fresh(received(Target::Disconnect { uid: "eve".into() }), 4);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].0, home_core("eve", 4));
         assert!(matches!(&plan[0].1, CoreMsg::Disconnect { uid, reply: None } if uid == "eve"));
@@ -493,7 +794,7 @@ mod tests {
     #[test]
     fn a_received_push_is_planned_like_a_local_one() {
         let target = Target::User("bob".into());
-        let plan = plan_received(received(target.clone()), 4);
+        let plan = plan_fresh(received(target.clone()), 4);
         let routes = route(&target, 4);
         assert_eq!(plan.len(), routes.len());
         for ((core, msg), (want_core, want_part)) in plan.iter().zip(routes) {
@@ -502,6 +803,7 @@ mod tests {
                 push,
                 target,
                 reply,
+                ..
             } = msg
             else {
                 panic!("a push plans deliveries, got {msg:?}");
@@ -514,7 +816,7 @@ mod tests {
 
     #[test]
     fn a_received_broadcast_reaches_every_core_with_one_shared_push() {
-        let plan = plan_received(received(Target::Broadcast), 3);
+        let plan = plan_fresh(received(Target::Broadcast), 3);
         let cores: Vec<usize> = plan.iter().map(|(core, _)| *core).collect();
         assert_eq!(cores, vec![0, 1, 2]);
         let pushes: Vec<&Arc<Push>> = plan

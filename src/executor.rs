@@ -78,6 +78,7 @@ pub async fn run(
         .detach();
     }
     spawn_heartbeat(hub.clone());
+    glommio::spawn_local(core.clone().run_markers()).detach();
 
     let bind = |what, addr, backlog| {
         crate::listener::bind_reuseport(addr, backlog).map_err(|source| ExecutorError::Bind {

@@ -200,8 +200,10 @@ fn start_mesh(
 ) -> Result<Option<crate::mesh::MeshHandle>, StartError> {
     use crate::mesh::{DropReason, Received};
     let bridge_metrics = metrics.clone();
+    let router = std::cell::RefCell::new(crate::history::MeshRouter::new(to_cores.len()));
     let deliver = Box::new(move |received: Received| {
-        for (core, msg) in plan_received(received, to_cores.len()) {
+        let plan = plan_received(received, to_cores.len(), &mut router.borrow_mut());
+        for (core, msg) in plan {
             let inbox = links.from_mesh(core);
             let bytes = msg.weight();
             if !inbox.try_reserve(bytes) {
@@ -301,6 +303,7 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         tokens: TokenKeys::from_config(&config.auth),
         api_keys: ApiKeys::new(&config.auth.api_keys),
         id_prefix: id_prefix(),
+        incarnation: crate::history::Origin::random_incarnation(),
         capacity: Capacity::new(config.limits.max_connections),
         draining: AtomicBool::new(false),
         drain_signal,
@@ -308,6 +311,9 @@ pub fn run(mut config: Config, announce: impl FnOnce(&Config, &Node)) -> Result<
         links,
         mesh,
         mesh_metrics,
+        history_room: (0..cores)
+            .map(|_| crate::node::HistoryRoom::new(config.history.bytes_max / cores.max(1)))
+            .collect(),
         config: config.clone(),
     });
 

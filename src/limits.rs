@@ -73,3 +73,19 @@ const _: () = assert!(
     CORES_MAX * CORES_MAX <= 1 << 16,
     "channel mesh is n squared"
 );
+
+/// Smallest `[history] bytes_max`: room for a few large pushes per core.
+pub const HISTORY_BYTES_MIN: usize = 1024 * 1024;
+
+/// How often a core tells the other cores how far its own origin has gone
+/// when nothing was routed to them (advance markers), ms: a resume that
+/// names a newer position of that origin waits about this long at most.
+pub const ADVANCE_INTERVAL_MS: u64 = 10;
+
+/// How long a resume waits for this core to catch up with a `since` that
+/// is ahead of it (pushes still in flight), ms; then it replays what it has
+/// and says `recovered: false`.
+pub const RESUME_WAIT_MS: u64 = 1_000;
+
+/// How often a waiting resume looks again, ms.
+pub const RESUME_POLL_MS: u64 = 5;

@@ -113,13 +113,9 @@ fn config_command(action: &ConfigAction, path: Option<&std::path::Path>) -> Exit
     }
 }
 
-/// Which secrets were missing and made up for this run.
-struct DevSecrets {
-    jwt_secret: bool,
-    api_key: bool,
-}
-
-fn load(flags: &NodeFlags) -> Result<(Config, DevSecrets), ConfigError> {
+/// The config of the file, the environment and the flags; a missing secret
+/// or key is made up for this run (and marked so in `config.auth`).
+fn load(flags: &NodeFlags) -> Result<Config, ConfigError> {
     let mut config = match &flags.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -147,29 +143,32 @@ fn load(flags: &NodeFlags) -> Result<(Config, DevSecrets), ConfigError> {
         config.cluster.mesh_peers = v.clone();
     }
     config.validate()?;
-    let dev = DevSecrets {
-        jwt_secret: config.auth.jwt_secret.is_empty(),
-        api_key: config.auth.api_keys.is_empty(),
-    };
     if config.auth.jwt_secret.is_empty() {
         config.auth.jwt_secret = random_secret();
+        config.auth.jwt_secret_generated = true;
     }
     if config.auth.api_keys.is_empty() {
         config.auth.api_keys = vec![random_secret()];
+        config.auth.api_key_generated = true;
     }
-    Ok((config, dev))
+    Ok(config)
 }
 
 /// The dev-mode banner: only values this run generated. A configured secret
 /// or key is never printed, and no sample token is minted with a configured
 /// secret (it would be a real credential in the log). `None` when nothing
 /// was generated.
-fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<String> {
-    if !dev.jwt_secret && !dev.api_key {
+fn dev_banner(config: &Config, tokens: &TokenKeys) -> Option<String> {
+    let auth = &config.auth;
+    if !auth.jwt_secret_generated && !auth.api_key_generated {
         return None;
     }
     let mut out = String::from("corecast: dev mode: random secrets for this run only");
-    if dev.jwt_secret {
+    if auth.jwt_secret_generated {
+        out.push_str(&format!(
+            "\nopen the demo page (it connects as alice and shows what is pushed to it):\n  http://{}/",
+            browsable(config.ws.listen)
+        ));
         let token = tokens.mint(
             "alice",
             None,
@@ -187,7 +186,7 @@ fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<S
              `corecast token --uid alice`",
         );
     }
-    let key = if dev.api_key {
+    let key = if auth.api_key_generated {
         out.push_str(&format!(
             "\n  CORECAST_API_KEYS={}",
             config.auth.api_keys[0]
@@ -206,6 +205,18 @@ fn dev_banner(config: &Config, tokens: &TokenKeys, dev: &DevSecrets) -> Option<S
     Some(out)
 }
 
+/// `addr` as a browser on this machine reaches it: an unspecified address
+/// (listening on all interfaces) becomes loopback.
+fn browsable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Config { action }) = &cli.command {
@@ -216,7 +227,7 @@ fn main() -> ExitCode {
         eprintln!("corecast: {e}");
         return ExitCode::from(2);
     }
-    let (config, dev) = match load(&cli.node) {
+    let config = match load(&cli.node) {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!("{e}");
@@ -230,7 +241,7 @@ fn main() -> ExitCode {
         ttl,
     }) = cli.command
     {
-        if dev.jwt_secret {
+        if config.auth.jwt_secret_generated {
             tracing::error!(
                 "no jwt_secret configured (set CORECAST_JWT_SECRET or [auth] jwt_secret): \
                  a token signed with a random secret would be useless"
@@ -257,7 +268,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = corecast::lifecycle::run(config, |config, node| {
-        if let Some(banner) = dev_banner(config, &node.tokens, &dev) {
+        if let Some(banner) = dev_banner(config, &node.tokens) {
             println!("{banner}");
         }
         println!(

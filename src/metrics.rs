@@ -137,6 +137,13 @@ pub struct CoreMetrics {
     pub users: AtomicI64,
     pub rooms: AtomicI64,
     pub deliveries: AtomicU64,
+    /// Bytes and entries of this core's history (DESIGN section 3.1).
+    pub history_bytes: AtomicI64,
+    pub history_entries: AtomicI64,
+    /// Resumes (`since=`) by outcome: recovered, not recovered.
+    resumes: [AtomicU64; 2],
+    /// Pushes sent again by resumes.
+    replayed: AtomicU64,
     /// Handshakes this core accepted and handed to another (home) core.
     handoffs: AtomicU64,
     handshakes: [AtomicU64; HandshakeOutcome::COUNT],
@@ -153,6 +160,10 @@ impl Default for CoreMetrics {
             users: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
             deliveries: AtomicU64::new(0),
+            history_bytes: AtomicI64::new(0),
+            history_entries: AtomicI64::new(0),
+            resumes: counters(),
+            replayed: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
             handshakes: counters(),
             pushes: counters(),
@@ -168,6 +179,11 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl CoreMetrics {
+    /// Counts one resume and the pushes it replayed.
+    pub fn resumed(&self, recovered: bool, replayed: u64) {
+        bump(&self.resumes[usize::from(!recovered)]);
+        self.replayed.fetch_add(replayed, Ordering::Relaxed);
+    }
     pub fn handshake(&self, outcome: HandshakeOutcome) {
         bump(&self.handshakes[outcome as usize]);
     }
@@ -359,6 +375,33 @@ impl Collector for NodeCollector {
             "corecast_rooms_active",
             "Rooms with at least one member",
             cores.iter().map(|c| gauge(c, |m| &m.rooms)),
+        )?;
+        gauge_per_core(
+            &mut encoder,
+            "corecast_history_bytes",
+            "Bytes of pushes retained for resume",
+            cores.iter().map(|c| gauge(c, |m| &m.history_bytes)),
+        )?;
+        gauge_per_core(
+            &mut encoder,
+            "corecast_history_entries",
+            "Pushes retained for resume",
+            cores.iter().map(|c| gauge(c, |m| &m.history_entries)),
+        )?;
+        let resumes = summed(cores, |c| &c.resumes);
+        counter_family(
+            &mut encoder,
+            "corecast_resumes",
+            "Resumes (since=) by outcome",
+            "outcome",
+            [("recovered", resumes[0]), ("not_recovered", resumes[1])].into_iter(),
+        )?;
+        per_core_counter(
+            &mut encoder,
+            "corecast_replayed_pushes",
+            "Pushes sent again by resumes",
+            cores,
+            |m| &m.replayed,
         )?;
         let handshakes = summed(cores, |c| &c.handshakes);
         counter_family(

@@ -22,6 +22,9 @@ pub struct Node {
     pub api_keys: ApiKeys,
     /// Per-process prefix of message ids (see [`crate::push::IdGenerator`]).
     pub id_prefix: String,
+    /// Random per process start: this process's cores are the history
+    /// origins `(incarnation, core)` (see [`crate::history::Origin`]).
+    pub incarnation: u64,
     /// Open (or handing-off) WebSocket connections against `max_connections`.
     pub capacity: Arc<Capacity>,
     /// Set before the drain signal closes, so every core sees it at once.
@@ -34,6 +37,40 @@ pub struct Node {
     pub links: Arc<Links>,
     pub mesh: Option<MeshHandle>,
     pub mesh_metrics: Arc<MeshMetrics>,
+    /// Per core: how full its history is, for the accepting core's check
+    /// that a push will be kept (a 202 means recoverable).
+    pub history_room: Vec<HistoryRoom>,
+}
+
+/// One core's history fill: written by its core only, read by the cores
+/// that accept pushes for it (one relaxed load per push and target core).
+#[derive(Debug)]
+pub struct HistoryRoom {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl HistoryRoom {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Whether `bytes` more fit among the unexpired entries.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.used.load(Ordering::Relaxed).saturating_add(bytes) <= self.max
+    }
+
+    /// The owner core's current fill.
+    pub fn set(&self, used: usize) {
+        self.used.store(used, Ordering::Relaxed);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }
 
 impl Node {

@@ -58,6 +58,14 @@ fn text_and_binary_bodies() {
         &[0, 1, 2, 255],
     );
     assert_eq!(status, 202);
+    // A binary push is announced by a text frame with its id and position,
+    // then comes as the raw bytes.
+    let header = c.recv_json();
+    assert_eq!(header["type"], "binary", "{header}");
+    assert!(
+        header["id"].is_string() && header["pos"].is_string(),
+        "{header}"
+    );
     match c.recv_message() {
         tungstenite::Message::Binary(bytes) => assert_eq!(&bytes[..], &[0, 1, 2, 255]),
         other => panic!("expected a binary frame, got {other:?}"),

@@ -7,52 +7,8 @@
 //! one-hour token for `alice` signed with it.
 
 mod common;
+use common::start_dev as start;
 use common::{API_KEY, SECRET};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-/// Runs a node with `env` (and no other CORECAST_* secret) until it is
-/// ready; returns its stdout up to the ready line, and the node.
-fn start(env: &[(&str, &str)]) -> (String, common::Node) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corecast"));
-    command
-        .env_remove("CORECAST_JWT_SECRET")
-        .env_remove("CORECAST_API_KEYS")
-        .env("CORECAST_WS_LISTEN", "127.0.0.1:0")
-        .env("CORECAST_HTTP_LISTEN", "127.0.0.1:0")
-        .env("CORECAST_CORES", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("spawn corecast");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut out = String::new();
-    let ready = loop {
-        let line = lines.next().expect("exited before ready").unwrap();
-        out.push_str(&line);
-        out.push('\n');
-        if line.starts_with("corecast: ready") {
-            break line;
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    let field = |key: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
-            .unwrap()
-            .to_string()
-    };
-    let node = common::Node {
-        ws: field("ws").parse().unwrap(),
-        http: field("http").parse().unwrap(),
-        node_id: field("node_id"),
-        child,
-    };
-    (out, node)
-}
 
 /// The value printed after `NAME=` in the banner.
 fn printed(out: &str, name: &str) -> Option<String> {

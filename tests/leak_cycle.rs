@@ -20,6 +20,8 @@ const RSS_SLACK_KIB: u64 = 2 * 1024;
 /// node's fd count moves by up to two sockets between any two samples. A
 /// leaked WebSocket per cycle would show as thousands.
 const FD_SLACK: usize = 2;
+/// The history's ttl in this test and the heartbeat tick that expires it.
+const HISTORY_EXPIRY: std::time::Duration = std::time::Duration::from_millis(2_500);
 
 fn cycle(node: &Node, i: usize) {
     let uid = format!("leak-{i}");
@@ -60,11 +62,14 @@ fn cycles_leak_no_memory_fd_or_session() {
         .ok()
         .map(|v| v.parse().expect("CORECAST_LEAK_CYCLES is a number"))
         .unwrap_or(3_000);
-    let node = Node::start();
+    // History keeps every push for its ttl: a short one, so that what the
+    // cycles pushed has expired when RSS is sampled (a leak stays).
+    let node = Node::start_with(&[("CORECAST_HISTORY_TTL_MS", "1000")]);
     for i in 0..WARM_UP {
         cycle(&node, i);
     }
     settle(&node);
+    std::thread::sleep(HISTORY_EXPIRY);
     let (rss0, fds0) = (rss_kib(node.pid()), fd_count(node.pid()));
 
     let started = std::time::Instant::now();
@@ -72,6 +77,7 @@ fn cycles_leak_no_memory_fd_or_session() {
         cycle(&node, WARM_UP + i);
     }
     settle(&node);
+    std::thread::sleep(HISTORY_EXPIRY);
     // Freed memory goes back to the kernel at the core's next heartbeat tick
     // (malloc_trim after churn): wait (bounded) for it rather than sample
     // the instant the last connection ends.
@@ -93,5 +99,10 @@ fn cycles_leak_no_memory_fd_or_session() {
     assert_eq!(
         node.metric(r#"corecast_handshakes_total{outcome="ok"}"#),
         (WARM_UP + cycles) as f64
+    );
+    assert_eq!(
+        node.metric_sum("corecast_history_entries{"),
+        0.0,
+        "expired history is dropped"
     );
 }

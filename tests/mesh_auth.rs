@@ -200,6 +200,8 @@ fn a_publisher_without_the_key_injects_nothing() {
             kind: ContentKind::Json,
             payload: Bytes::from_static(b"\"forged\""),
             created_at_us: 0,
+            stamp: None,
+            idempotency: None,
         }],
     };
     let forged_path = dir.0.join("forged.bin");

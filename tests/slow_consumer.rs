@@ -1,5 +1,5 @@
 //! A client that never reads is a slow consumer: once its kernel buffers
-//! and its bounded send queue (send_queue_frames_max=256,
+//! and its bounded send queue (send_queue_frames_max=4096,
 //! send_queue_bytes_max=1 MiB) are full it is closed with 1013 and counted,
 //! while 1,000 other clients each receive all of 1,000 broadcast pushes of
 //! about 1 KiB, in order; and the node's RSS stays bounded.

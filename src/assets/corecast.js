@@ -1,28 +1,41 @@
 // corecast.js: the browser client of corecast (an ES module, no build step,
 // no dependencies), served by every node at GET /corecast.js (CORS *, an
-// ETag). Not yet driven by a browser test: issue 12 is open.
+// ETag). Tested in headless Chromium (tests/browser_client.rs) and under
+// Node.js (tests/node_client.rs; pass `WebSocket` from npm `ws` where Node
+// has no global one).
 //
 //   import { Corecast } from "http://NODE:8080/corecast.js";
 //   const c = new Corecast("ws://NODE:8080/ws", {
 //     token: async () => (await fetch("/my-token")).text(), // or a string
 //   });
-//   c.on("push", (m) => console.log(m.id, m.room, m.data)); // data: JSON, or ArrayBuffer
+//   c.on("push", (m) => console.log(m.id, m.pos, m.room, m.data)); // data: JSON, or ArrayBuffer
 //   c.on("state", (s, why) => console.log(s, why));         // "connecting" | "open" | "closed"
-//   c.on("resumed", (r) => r.recovered || refetchEverything());
+//   c.on("resumed", (r) => r.recovered || refetchEverything()); // r = {recovered, missed}
 //   c.connect();
 //   c.join("news");   // kept and joined again after every reconnect
 //   c.leave("news");
 //   c.close();        // for good (state "closed")
 //
+// Options (defaults in DEFAULTS below): backoffBaseMs, backoffCapMs,
+// pingIntervalMs, pongTimeoutMs, maxMessagesPerSec, ...; `WebSocket` for a
+// runtime without a global one, e.g. Node.js before 22:
+//   new Corecast(url, { token, WebSocket: (await import("ws")).default });
+//
 // What it does for you:
 // - reconnects with exponential backoff and full jitter: the n-th retry in a
 //   row waits a random time in [0, min(backoffCapMs, backoffBaseMs * 2^n));
-// - resumes: it keeps the last `pos` it saw and reconnects with `since=pos`,
-//   so the node replays what was missed, then sends `resumed`;
+// - resumes: it keeps the last `pos` it saw (pushes, binary headers,
+//   `resumed`) and always connects with `since=pos` (`since=` with nothing
+//   the very first time) and `rooms=` the rooms it joined, so the node joins
+//   them and replays what was missed before anything live, then answers
+//   `resumed` (recovered: false means the app must refetch its state);
 // - never hands the same push id to on("push") twice (a bounded window of ids);
+// - a binary push is two frames: {"type":"binary","id","pos","room"?} then
+//   the raw bytes, delivered as m.data (an ArrayBuffer);
 // - follows the server's close codes: 4001 (replaced by a newer tab), 4002
 //   (disconnected by the server) and 4004 (invalid token) end it for good;
-//   4003 (token expired) calls the token function again and reconnects;
+//   4003 (token expired) calls the token function again and reconnects
+//   (with a string token there is nothing to refresh: it ends too);
 //   anything else (1001 drain, 1013 slow consumer, a dropped network) retries;
 // - notices a dead connection: when nothing arrived for pingIntervalMs it
 //   sends {"type":"ping"} (the node answers {"type":"pong"}) and drops the
@@ -59,6 +72,8 @@ const DEFAULTS = Object.freeze({
   maxMessagesPerSec: 10,
   /** How many delivered push ids are remembered to drop duplicates. */
   seenIdsMax: 4096,
+  /** Longest `rooms=` list put on the URL (the node reads 8 KiB of request head). */
+  roomsParamBytesMax: 4096,
   /** A token expiring within this margin is refreshed before use. */
   tokenRefreshMarginMs: 5000,
 });
@@ -146,9 +161,7 @@ export class Corecast {
       return;
     }
     if (generation !== this._generation) return;
-    const query = new URLSearchParams({ token });
-    if (this.pos) query.set("since", this.pos);
-    const ws = new this.WebSocket(this.url + (this.url.includes("?") ? "&" : "?") + query);
+    const ws = new this.WebSocket(this._connectUrl(token));
     ws.binaryType = "arraybuffer";
     this._ws = ws;
     this._timer = setTimeout(() => this._drop(ws, "connect timeout"), this.options.connectTimeoutMs);
@@ -156,13 +169,28 @@ export class Corecast {
       if (ws !== this._ws) return;
       clearTimeout(this._timer);
       this._openedAt = this._lastHeard = Date.now();
-      this._setState("open");
+      // Joins again first: a join() in a state handler then sends its own.
       for (const room of this.rooms) this._send({ type: "join", room });
+      this._setState("open");
       this._armLiveness();
     };
     ws.onmessage = (event) => ws === this._ws && this._onMessage(event.data);
     ws.onclose = (event) => ws === this._ws && this._onClose(event.code, event.reason);
     ws.onerror = () => {}; // a close event always follows
+  }
+
+  /** The URL of the next attempt: token, `since` (empty at first) and the joined rooms. */
+  _connectUrl(token) {
+    let query = `token=${encodeURIComponent(token)}&since=${encodeURIComponent(this.pos ?? "")}`;
+    // A name with a comma cannot be listed; it is joined by message only.
+    const rooms = [...this.rooms].filter((r) => !r.includes(",")).map(encodeURIComponent);
+    let list = "";
+    for (const room of rooms) {
+      if (list.length + room.length + 1 > this.options.roomsParamBytesMax) break;
+      list += (list ? "," : "") + room;
+    }
+    if (list) query += `&rooms=${list}`;
+    return this.url + (this.url.includes("?") ? "&" : "?") + query;
   }
 
   /** The token to connect with: the string, or the function's (again when expired). */
@@ -228,6 +256,7 @@ export class Corecast {
     clearTimeout(this._sendTimer);
     this._sendTimer = null;
     this._outbox = [];
+    this._binaryHead = null;
     if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
   }
 
@@ -252,7 +281,7 @@ export class Corecast {
     this._armLiveness();
     if (typeof data !== "string") {
       // A binary push: the raw body. Its id and pos come from the header
-      // frame the node sends just before it, when the node sends one.
+      // frame the node sends just before it.
       const head = this._binaryHead || {};
       this._binaryHead = null;
       this._deliver({ id: head.id, pos: head.pos, room: head.room, data });
@@ -267,14 +296,13 @@ export class Corecast {
     }
     switch (frame.type) {
       case "push":
-        if (frame.binary) {
-          this._binaryHead = frame;
-          return;
-        }
         this._deliver(frame);
         return;
+      case "binary":
+        this._binaryHead = frame; // the bytes follow in the next frame
+        return;
       case "resumed":
-        if (frame.pos) this.pos = frame.pos;
+        if (typeof frame.pos === "string") this.pos = frame.pos;
         this._emit("resumed", { recovered: frame.recovered === true, missed: frame.missed | 0 });
         return;
       case "error":
@@ -286,7 +314,7 @@ export class Corecast {
   }
 
   _deliver(frame) {
-    if (frame.pos) this.pos = frame.pos;
+    if (typeof frame.pos === "string") this.pos = frame.pos;
     if (frame.id !== undefined && frame.id !== null) {
       if (this._seen.has(frame.id)) return;
       this._seen.add(frame.id);

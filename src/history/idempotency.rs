@@ -124,13 +124,23 @@ impl IdempotencyTable {
         Ok(Claim::Fresh)
     }
 
+    /// Forgets a key (its push was refused after the claim): a retry is
+    /// then a fresh push. Its place in the expiry order goes with its ttl.
+    pub fn forget(&mut self, scope: u64, key: &str) {
+        self.keys.remove(&(scope, Box::from(key)));
+    }
+
     fn expire(&mut self, now_ms: u64) {
         while let Some((expires, _)) = self.order.front() {
             if *expires > now_ms {
                 break;
             }
-            if let Some((_, k)) = self.order.pop_front() {
-                self.keys.remove(&k);
+            if let Some((expires, k)) = self.order.pop_front() {
+                // A key forgotten and claimed again has a later expiry of
+                // its own: only the entry this order slot made goes.
+                if self.keys.get(&k).is_some_and(|(_, at)| *at == expires) {
+                    self.keys.remove(&k);
+                }
             }
         }
     }

@@ -10,19 +10,22 @@
 //! - [`membership`]: server-side room membership independent of
 //!   connections.
 //!
-//! Not yet wired into delivery or the handshake (issue 11 is open): the
-//! wire protocol and why a position is correct go in docs/contract.md when
-//! it is.
+//! - [`router`]: the per-core chains (`prev`) and advance markers that let
+//!   a core prove it has every push of an origin up to its head.
+//!
+//! The wire protocol and why a position is correct are in docs/contract.md.
 
 pub mod idempotency;
 pub mod membership;
 pub mod position;
+pub mod router;
 pub mod store;
 
 #[cfg(test)]
 mod tests;
 
 pub use position::{Origin, Position, PositionError};
+pub use router::{MeshRouter, Sequencer, Step};
 pub use store::{
     Admission, Arrival, CoreHistory, HistoryFull, HistoryLimits, Resume, ResumePlan, Routed,
 };

@@ -22,6 +22,9 @@ pub const POSITION_BYTES_MAX: usize = POSITION_ORIGINS_MAX * 28;
 /// Incarnations are random numbers below this (8 base-36 digits at most).
 pub const INCARNATION_MAX: u64 = 1 << 40;
 
+/// Seqs stay below this (a core at a million pushes a second for 35 years).
+pub const SEQ_MAX: u64 = 1 << 60;
+
 /// One sequencing executor: a process incarnation and one of its cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin {

@@ -24,6 +24,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::history::position::{Origin, POSITION_ORIGINS_MAX, Position};
 use crate::push::{Push, Target};
 
@@ -79,6 +81,9 @@ pub struct Entry {
     pub seq: u64,
     pub target: Target,
     pub push: Arc<Push>,
+    /// The frame(s) this core sent for it, `pos` included: a replay sends
+    /// the same bytes.
+    pub frame: Bytes,
     pub at_ms: u64,
     bytes: usize,
 }
@@ -169,7 +174,8 @@ impl CoreHistory {
         self.entries.is_empty()
     }
 
-    /// Bytes an entry for this push and target is counted as.
+    /// Bytes an entry for this push and target is counted as before its
+    /// frame is attached ([`Self::attach_frame`] adds the frame's length).
     pub fn entry_bytes(push: &Push, target: &Target) -> usize {
         let names = match target {
             Target::User(uid) => uid.len(),
@@ -177,7 +183,7 @@ impl CoreHistory {
             Target::Room(room) => room.len(),
             _ => 0,
         };
-        ENTRY_OVERHEAD_BYTES + push.payload.len() + push.frame.len() + push.id.len() + names
+        ENTRY_OVERHEAD_BYTES + push.payload.len() + push.id.len() + names
     }
 
     /// Whether a push of `bytes` would be admitted with [`Admission::Refuse`]
@@ -239,12 +245,23 @@ impl CoreHistory {
             seq,
             target,
             push,
+            frame: Bytes::new(),
             at_ms: now_ms,
             bytes,
         });
         self.pos_text = None;
         self.forget_idle_origins();
         Ok(arrival)
+    }
+
+    /// Attaches the frame sent for the newest entry (encoded after
+    /// [`Self::admit`], because it carries the position after the push).
+    pub fn attach_frame(&mut self, frame: Bytes) {
+        if let Some(entry) = self.entries.back_mut() {
+            self.bytes += frame.len();
+            entry.bytes += frame.len();
+            entry.frame = frame;
+        }
     }
 
     /// An advance marker: `origin` is at `seq`, and the last message it

@@ -24,10 +24,9 @@ fn limits() -> HistoryLimits {
     }
 }
 
-fn push(id: &str, target: &Target) -> Arc<Push> {
+fn push(id: &str, _target: &Target) -> Arc<Push> {
     Push::new(
         id.to_string(),
-        target,
         ContentKind::Json,
         Bytes::from_static(b"{\"n\":1}"),
         0,

@@ -18,8 +18,9 @@ use super::HttpCore;
 use super::body::{BodyError, Content};
 use super::budget::OverBudget;
 use crate::auth::valid_name;
-use crate::core::Core;
+use crate::core::{Accepted, Core};
 use crate::limits::NAME_BYTES_MAX;
+use crate::mesh::KeyRef;
 use crate::metrics::{CoreSnapshot, Limit, ProcessCollector, ProcessStats, PushKind, Route};
 use crate::push::{Push, Target, unix_micros};
 
@@ -346,6 +347,28 @@ fn refuse_while_draining(core: &Core) -> Result<(), ApiError> {
     }
 }
 
+/// The `Idempotency-Key` header, scoped by the API key that sent it.
+fn idempotency_key(req: &Request<Incoming>, scope: u64) -> Result<Option<KeyRef>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| crate::history::idempotency::validate_key(k).is_ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                crate::history::idempotency::IdempotencyError::BadKey.to_string(),
+            )
+        })?;
+    Ok(Some(KeyRef {
+        scope,
+        key: key.to_owned(),
+    }))
+}
+
 fn accepted(id: &str, local_recipients: u32) -> Answer {
     json(
         StatusCode::ACCEPTED,
@@ -459,6 +482,7 @@ async fn push(
     let core = pusher.core;
     method_is(&req, &[Method::POST])?;
     refuse_while_draining(core)?;
+    let idempotency = idempotency_key(&req, core.node.api_keys.scope(pusher.key))?;
     let batch = kind == PushKind::Users;
     let (media, body) = read_body(core, req).await?;
     // The budget is taken after the body is read, so the 429 reaches a
@@ -483,16 +507,17 @@ async fn push(
         (target, _) => target,
     };
     let id = core.ids.next_id();
-    let push = Push::new(
-        id.clone(),
-        &target,
-        content.kind,
-        content.payload,
-        unix_micros(),
-    );
+    // The payload is kept in the history: copied out of the request's
+    // buffer, so a slice of it does not keep the whole buffer alive.
+    let payload = Bytes::copy_from_slice(&content.payload);
+    let push = Push::new(id.clone(), content.kind, payload, unix_micros());
     core.metrics.push(kind);
-    match core.push(push, target).await {
-        Ok(recipients) => Ok(accepted(&id, recipients)),
+    match core.push(push, target, idempotency).await {
+        Ok(Accepted::New { recipients }) => Ok(accepted(&id, recipients)),
+        Ok(Accepted::Duplicate { first_id }) => Ok(json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"id": first_id, "local_recipients": 0, "duplicate": true}),
+        )),
         Err(overloaded) => Err(ApiError {
             retry_after_secs: Some(OVERLOADED_RETRY_AFTER_SECS),
             ..ApiError::new(

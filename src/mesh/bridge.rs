@@ -331,6 +331,8 @@ impl Mesh {
                         kind: e.kind,
                         payload: e.payload,
                         created_at_us: e.created_at_us,
+                        stamp: e.extras.stamp,
+                        idempotency: e.extras.idempotency,
                     }
                 })
                 .collect(),

@@ -24,7 +24,7 @@ use crate::push::{ContentKind, Target};
 pub const MAGIC: [u8; 4] = *b"CCMB";
 
 /// Wire format version; a receiver refuses any other.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Bytes of the header before the archive. A multiple of 8 so that the
 /// archive, written right after it, keeps the alignment rkyv laid it out
@@ -54,6 +54,23 @@ pub enum EnvelopeError {
     Archive(String),
 }
 
+/// Where a push sits in its origin core's stream (DESIGN section 3.1):
+/// the origin node's incarnation, the core that accepted it and that
+/// core's seq, from 1 with no holes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Stamp {
+    pub incarnation: u64,
+    pub core: u16,
+    pub seq: u64,
+}
+
+/// An `Idempotency-Key` with the API key that scopes it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct KeyRef {
+    pub scope: u64,
+    pub key: String,
+}
+
 /// One push (or membership change) accepted on its origin node.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Envelope {
@@ -68,6 +85,11 @@ pub struct Envelope {
     pub payload: Bytes,
     /// When the origin accepted it, microseconds since the Unix epoch.
     pub created_at_us: u64,
+    /// A push's place in its origin core's stream; none for membership
+    /// changes and disconnects.
+    pub stamp: Option<Stamp>,
+    /// The push's `Idempotency-Key`, so every node remembers it.
+    pub idempotency: Option<KeyRef>,
 }
 
 /// Envelopes from one origin, in sequence order, sent as one ZeroMQ message.
@@ -110,8 +132,10 @@ impl<D: Fallible + ?Sized> DeserializeWith<ArchivedVec<u8>, Bytes, D> for BytesA
 /// A rough upper bound of the archived size of one envelope, used to cut
 /// batches near [`super::MESH_BATCH_BYTES_MAX`] without serializing twice.
 pub fn estimated_bytes(id: &str, target: &Target, payload_len: usize) -> usize {
-    // Fixed part: seq, created_at, kind, relative pointers, padding.
-    const FIXED: usize = 48;
+    // Fixed part: seq, created_at, kind, the stamp, relative pointers,
+    // padding; an idempotency key adds at most its own bytes and a pointer
+    // (see `IDEMPOTENCY_KEY_BYTES_MAX`, counted here in full).
+    const FIXED: usize = 96 + crate::history::idempotency::IDEMPOTENCY_KEY_BYTES_MAX;
     // Per name in a target: a relative pointer and a length, plus padding.
     const PER_NAME: usize = 12;
     let target_bytes = match target {
@@ -183,6 +207,23 @@ pub fn decode_owned(message: &[u8]) -> Result<Batch, EnvelopeError> {
 }
 
 impl ArchivedEnvelope {
+    /// The stamp as an owned value.
+    pub fn stamp_owned(&self) -> Option<Stamp> {
+        self.stamp.as_ref().map(|s| Stamp {
+            incarnation: s.incarnation.to_native(),
+            core: s.core.to_native(),
+            seq: s.seq.to_native(),
+        })
+    }
+
+    /// The idempotency key as an owned value.
+    pub fn idempotency_owned(&self) -> Option<KeyRef> {
+        self.idempotency.as_ref().map(|k| KeyRef {
+            scope: k.scope.to_native(),
+            key: k.key.as_str().to_owned(),
+        })
+    }
+
     /// The target as an owned value.
     pub fn target_owned<E: Source>(&self) -> Result<Target, E> {
         rkyv::deserialize::<Target, E>(&self.target)
@@ -233,6 +274,15 @@ mod tests {
                     kind: kinds[i % 3],
                     payload: Bytes::from(vec![i as u8; i * 7]),
                     created_at_us: 1_700_000_000_000_000 + i as u64,
+                    stamp: (i % 2 == 0).then_some(Stamp {
+                        incarnation: 77,
+                        core: i as u16,
+                        seq: i as u64 + 1,
+                    }),
+                    idempotency: (i % 3 == 0).then(|| KeyRef {
+                        scope: 9,
+                        key: format!("k{i}"),
+                    }),
                 })
                 .collect(),
         }
@@ -256,6 +306,8 @@ mod tests {
             assert_eq!(a.kind_owned(), e.kind);
             assert_eq!(a.payload.as_slice(), &e.payload[..]);
             assert_eq!(a.created_at_us.to_native(), e.created_at_us);
+            assert_eq!(a.stamp_owned(), e.stamp);
+            assert_eq!(a.idempotency_owned(), e.idempotency);
         }
     }
 
@@ -293,8 +345,12 @@ mod tests {
             EnvelopeError::Magic
         );
         let mut bytes = encode(&sample()).unwrap().to_vec();
-        bytes[4] = 2;
-        assert_eq!(decode_owned(&bytes).unwrap_err(), EnvelopeError::Version(2));
+        bytes[4] = 1;
+        assert_eq!(
+            decode_owned(&bytes).unwrap_err(),
+            EnvelopeError::Version(1),
+            "a node of the previous wire format is refused, not misread"
+        );
         // A valid header with a garbage body.
         let mut junk = HEADER.to_vec();
         junk.extend_from_slice(&[0xff; 64]);

@@ -255,6 +255,12 @@ impl Inbound {
                 invalid += 1;
                 continue;
             }
+            let stamp = envelope.stamp_owned();
+            let idempotency = envelope.idempotency_owned();
+            if super::validate::check_extras(stamp.as_ref(), idempotency.as_ref()).is_err() {
+                invalid += 1;
+                continue;
+            }
             let created_at_us = envelope.created_at_us.to_native();
             hops_us.push(now_us.saturating_sub(created_at_us));
             deliver(Received {
@@ -264,6 +270,8 @@ impl Inbound {
                 kind,
                 payload: Bytes::copy_from_slice(payload),
                 created_at_us,
+                stamp,
+                idempotency,
             });
             delivered += 1;
         }
@@ -310,6 +318,8 @@ mod tests {
                     kind: ContentKind::Text,
                     payload: Bytes::from(format!("m{seq}")),
                     created_at_us: 1_000,
+                    stamp: None,
+                    idempotency: None,
                 })
                 .collect(),
         };
@@ -429,6 +439,8 @@ mod tests {
             kind,
             payload: Bytes::from_static(payload),
             created_at_us: 0,
+            stamp: None,
+            idempotency: None,
         };
         let forged = Batch {
             origin: "a".into(),

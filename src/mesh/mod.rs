@@ -55,6 +55,7 @@ use crate::limits::MESH_CHANNEL_CAPACITY;
 use crate::push::{ContentKind, Target};
 
 pub use curve::{ClusterKeys, MESH_KEY_BYTES_MIN};
+pub use envelope::{KeyRef, Stamp};
 pub use metrics::{DropReason, MeshCollector, MeshMetrics, MeshSnapshot};
 
 /// A fresh metrics set to pass to [`start`] (and to [`collectors`]).
@@ -197,6 +198,16 @@ pub struct Received {
     pub kind: ContentKind,
     pub payload: Bytes,
     pub created_at_us: u64,
+    pub stamp: Option<Stamp>,
+    pub idempotency: Option<KeyRef>,
+}
+
+/// What a push's envelope carries besides the push: its place in its
+/// origin core's stream and its idempotency key.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    pub stamp: Option<Stamp>,
+    pub idempotency: Option<KeyRef>,
 }
 
 /// One envelope on its way from an executor to the mesh thread.
@@ -208,6 +219,7 @@ struct Outbound {
     kind: ContentKind,
     payload: Bytes,
     created_at_us: u64,
+    extras: Extras,
 }
 
 /// Wakes the blocking mesh thread when an executor queues an envelope: one
@@ -288,6 +300,19 @@ impl MeshHandle {
         payload: &Bytes,
         created_at_us: u64,
     ) -> bool {
+        self.publish_with(id, target, kind, payload, created_at_us, Extras::default())
+    }
+
+    /// [`Self::publish`] with the push's stamp and idempotency key.
+    pub fn publish_with(
+        &self,
+        id: &str,
+        target: &Target,
+        kind: ContentKind,
+        payload: &Bytes,
+        created_at_us: u64,
+        extras: Extras,
+    ) -> bool {
         if self.tx.is_full() || self.tx.is_closed() {
             // Checked first so a full queue costs no clone of the target.
             self.metrics.count_drop(DropReason::OutboundFull, 1);
@@ -307,6 +332,7 @@ impl MeshHandle {
             kind,
             payload: payload.clone(),
             created_at_us,
+            extras,
         };
         match self.tx.try_send(envelope) {
             Ok(()) => {

@@ -32,6 +32,32 @@ pub enum Invalid {
     PayloadSize,
     #[error("text payload is not UTF-8, or JSON payload is not valid JSON")]
     PayloadEncoding,
+    #[error("stream stamp out of range (incarnation, core or seq)")]
+    Stamp,
+    #[error("idempotency key empty, too long or not visible ASCII")]
+    IdempotencyKey,
+}
+
+/// Checks a push's stream stamp and idempotency key.
+pub fn check_extras(
+    stamp: Option<&crate::mesh::Stamp>,
+    key: Option<&crate::mesh::KeyRef>,
+) -> Result<(), Invalid> {
+    if let Some(stamp) = stamp {
+        let ok = stamp.incarnation < crate::history::position::INCARNATION_MAX
+            && usize::from(stamp.core) < crate::limits::CORES_MAX
+            && stamp.seq >= 1
+            && stamp.seq < crate::history::position::SEQ_MAX;
+        if !ok {
+            return Err(Invalid::Stamp);
+        }
+    }
+    if let Some(key) = key
+        && crate::history::idempotency::validate_key(&key.key).is_err()
+    {
+        return Err(Invalid::IdempotencyKey);
+    }
+    Ok(())
 }
 
 /// A name as the API accepts it: 1..=`max` bytes, no control character.

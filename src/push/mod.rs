@@ -35,7 +35,9 @@ pub enum Target {
 }
 
 /// One message on its way to clients; shared (`Arc`) by every core that
-/// delivers it.
+/// delivers it. Each delivering core encodes its frame once
+/// ([`Push::frame`]), with its own stream position, and every recipient on
+/// that core gets the same bytes.
 #[derive(Debug)]
 pub struct Push {
     /// Cluster-unique message id (origin node prefix + counter).
@@ -43,8 +45,6 @@ pub struct Push {
     pub kind: ContentKind,
     /// The body as accepted (what the mesh carries).
     pub payload: Bytes,
-    /// The whole WebSocket frame, encoded once.
-    pub frame: Bytes,
     /// When the origin node accepted it, microseconds since the Unix epoch.
     pub created_at_us: u64,
     /// When this node accepted or received it (push-to-socket latency).
@@ -52,27 +52,24 @@ pub struct Push {
 }
 
 impl Push {
-    /// Encodes a push for `target`; room pushes name their room in the frame.
-    pub fn new(
-        id: String,
-        target: &Target,
-        kind: ContentKind,
-        payload: Bytes,
-        created_at_us: u64,
-    ) -> Arc<Push> {
-        let room = match target {
-            Target::Room(room) => Some(room.as_str()),
-            _ => None,
-        };
-        let frame = encode_push(&id, room, kind, &payload);
+    pub fn new(id: String, kind: ContentKind, payload: Bytes, created_at_us: u64) -> Arc<Push> {
         Arc::new(Push {
             id,
             kind,
             payload,
-            frame,
             created_at_us,
             accepted_at: Instant::now(),
         })
+    }
+
+    /// The frame(s) for `target`'s recipients on one core, whose stream
+    /// position after this push is `pos`; room pushes name their room.
+    pub fn frame(&self, target: &Target, pos: &str) -> Bytes {
+        let room = match target {
+            Target::Room(room) => Some(room.as_str()),
+            _ => None,
+        };
+        encode_push(&self.id, room, self.kind, &self.payload, pos)
     }
 }
 

@@ -209,6 +209,15 @@ impl Channel {
         self.enqueue(bytes, Some(caps))
     }
 
+    /// Queues a resume's frames (replayed pushes, then `resumed`) past the
+    /// caps: their bytes are the history's, shared, and a replay holds at
+    /// most [`crate::history::store::REPLAY_PUSHES_MAX`] of them.
+    pub fn send_replay(&self, bytes: &Bytes) {
+        if self.is_open() {
+            self.enqueue(bytes, None);
+        }
+    }
+
     /// Like [`send`](Self::send) but past the caps and in any state but
     /// dead: for the few frames the node itself must get out (pong, the
     /// close frame).

@@ -21,6 +21,7 @@ use crate::session::channel::{Channel, ChannelState, Sent};
 use crate::session::disconnect::DisconnectReason;
 use crate::session::hub::Hub;
 use crate::session::protocol::{Action, AfterClose, Protocol, ProtocolLimits};
+pub use crate::session::stream::Opening;
 use crate::ws::frame;
 use crate::ws::handshake::HandshakeError;
 use crate::ws::message::MessageError;
@@ -31,8 +32,16 @@ const READS_PER_POLL: usize = 16;
 /// Opens an authenticated connection on its home core: adds it to the hub
 /// (which queues the 101) and starts its task; `slot` is held until the
 /// connection's channel is dropped. While the node drains it is refused
-/// with 503 instead.
-pub fn open(hub: &Rc<Hub>, stream: TcpStream, claims: Claims, accept: &str, slot: Slot) {
+/// with 503 instead. A connection that opened with `since` is registered
+/// once this core has caught up with it, with its replay queued first.
+pub fn open(
+    hub: &Rc<Hub>,
+    stream: TcpStream,
+    claims: Claims,
+    accept: &str,
+    slot: Slot,
+    opening: Opening,
+) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     if hub.is_draining() {
         let _ = nix::sys::socket::send(
@@ -43,7 +52,26 @@ pub fn open(hub: &Rc<Hub>, stream: TcpStream, claims: Claims, accept: &str, slot
         hub.metrics.handshake(HandshakeOutcome::OverCapacity);
         return;
     }
-    let channel = hub.add(fd, claims, accept, slot);
+    let Some(since) = opening.since else {
+        let channel = hub.add(fd, claims, accept, slot, &opening.rooms);
+        start(hub, channel, stream);
+        return;
+    };
+    let hub = hub.clone();
+    let accept = accept.to_owned();
+    glommio::spawn_local(async move {
+        if let Ok(position) = &since {
+            hub.wait_until_caught_up(&claims.sub, position).await;
+        }
+        // Registration and the replay in one step: see `stream`.
+        let channel = hub.add(fd, claims, &accept, slot, &opening.rooms);
+        hub.replay(&channel, &since);
+        start(&hub, channel, stream);
+    })
+    .detach();
+}
+
+fn start(hub: &Rc<Hub>, channel: Rc<Channel>, stream: TcpStream) {
     let task = Connection {
         protocol: Protocol::new(hub.tick()),
         hub: hub.clone(),

@@ -17,6 +17,9 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::auth::Claims;
 use crate::config::Config;
+use crate::history::idempotency::IdempotencyTable;
+use crate::history::membership::Memberships;
+use crate::history::{CoreHistory, HistoryLimits};
 use crate::limits::{DRAIN_STEPS, READ_BUFFER_BYTES, READ_BUFFER_POOL_MAX, TICK_MS};
 use crate::metrics::{CoreMetrics, HandshakeOutcome, Limit, latency_histogram};
 use crate::node::{Node, Slot};
@@ -89,6 +92,14 @@ pub struct Hub {
     ended_since_compaction: Cell<usize>,
     /// Handshakes refused since the last summary line.
     refusals: crate::logging::RefusalTally,
+    /// This core's share of the node's history (see [`super::stream`]).
+    pub(super) history: RefCell<CoreHistory>,
+    /// Idempotency keys whose key core this is.
+    pub(super) idempotency: RefCell<IdempotencyTable>,
+    /// Server-side room memberships of the users whose home this is.
+    pub(super) memberships: RefCell<Memberships>,
+    /// The tick of the last loss notice (see `stream::tell_loss`).
+    pub(super) loss_told_tick: Cell<Option<u32>>,
 }
 
 fn unix_millis() -> u64 {
@@ -101,7 +112,25 @@ fn unix_seconds() -> u32 {
 
 impl Hub {
     pub fn new(core: usize, node: Arc<Node>) -> Self {
+        let history = &node.config.history;
+        let cores = node.core_metrics.len().max(1);
+        let history_limits = HistoryLimits {
+            ttl_ms: history.ttl_ms,
+            bytes_max: node.history_room[core].max(),
+        };
+        let idempotency = IdempotencyTable::new(
+            history.idempotency_ttl_ms,
+            history.idempotency_keys_max.div_ceil(cores),
+        );
+        let memberships = Memberships::new(
+            node.config.limits.max_rooms_per_user,
+            history.memberships_max.div_ceil(cores),
+        );
         Self {
+            history: RefCell::new(CoreHistory::new(history_limits)),
+            idempotency: RefCell::new(idempotency),
+            memberships: RefCell::new(memberships),
+            loss_told_tick: Cell::new(None),
             core,
             config: node.config.clone(),
             metrics: node.core_metrics[core].clone(),
@@ -169,7 +198,14 @@ impl Hub {
     /// `max_channels_per_user`, joins the token's rooms and schedules its
     /// first ping. The channel holds `slot` until it is dropped. The caller
     /// starts the connection's task.
-    pub fn add(&self, fd: RawFd, claims: Claims, accept: &str, slot: Slot) -> Rc<Channel> {
+    pub fn add(
+        &self,
+        fd: RawFd,
+        claims: Claims,
+        accept: &str,
+        slot: Slot,
+        rooms: &[String],
+    ) -> Rc<Channel> {
         let id = self.next_channel_id.get();
         self.next_channel_id.set(id + 1);
         let tick = self.tick();
@@ -200,9 +236,19 @@ impl Hub {
             self.queue_caps(),
         );
         let evicted = shard.add(channel.clone(), self.config.limits.max_channels_per_user);
+        let max_rooms = self.config.limits.max_rooms_per_user;
         for room in claims.rooms.iter().flatten() {
             // Token rooms were bounded by max_rooms_per_user at verification.
-            let _ = shard.join(&uid, room, self.config.limits.max_rooms_per_user);
+            let _ = shard.join(&uid, room, max_rooms);
+        }
+        for room in self.stored_rooms(&uid) {
+            let _ = shard.join(&uid, &room, max_rooms);
+        }
+        for room in rooms {
+            let permitted = self.config.ws.free_join || channel.permits(room);
+            if permitted && crate::auth::valid_name(room) {
+                let _ = shard.join(&uid, room, max_rooms);
+            }
         }
         drop(shard);
         if let Some(old) = evicted {
@@ -235,12 +281,23 @@ impl Hub {
         self.refresh_gauges();
     }
 
-    /// Delivers to this core's recipients; records push-to-socket latency.
-    pub fn deliver(&self, push: &Push, target: &Target) -> u32 {
-        let fanout =
-            self.shard
-                .borrow()
-                .deliver(target, &push.frame, self.queue_caps(), self.tick());
+    /// This core's open connections.
+    pub(super) fn open_channels(&self) -> Vec<Rc<Channel>> {
+        self.shard.borrow().open_channels()
+    }
+
+    /// The rooms a connected user is in on this core.
+    pub fn user_rooms(&self, uid: &str) -> Vec<Rc<str>> {
+        self.shard.borrow().user_rooms(uid)
+    }
+
+    /// Hands an encoded push to this core's recipients; records
+    /// push-to-socket latency.
+    pub(super) fn deliver_frame(&self, push: &Push, target: &Target, frame: &Bytes) -> u32 {
+        let fanout = self
+            .shard
+            .borrow()
+            .deliver(target, frame, self.queue_caps(), self.tick());
         if fanout.delivered > 0 {
             self.metrics.delivered(u64::from(fanout.delivered));
             let micros = push.accepted_at.elapsed().as_micros() as u64;
@@ -255,6 +312,9 @@ impl Hub {
     /// Server-side join/leave of a user whose home is this core. Returns
     /// the user's connections affected.
     pub fn membership(&self, room: &str, uid: &str, join: bool) -> u32 {
+        if !self.store_membership(room, uid, join) {
+            return 0;
+        }
         let max = self.config.limits.max_rooms_per_user;
         let mut shard = self.shard.borrow_mut();
         let affected = if join {
@@ -327,6 +387,7 @@ impl Hub {
         self.wheel
             .borrow_mut()
             .tick(tick, self.periods(), &self.ping_frame, unix_seconds());
+        self.expire_history();
         self.release_transient_memory();
         if u64::from(tick) % REFUSAL_SUMMARY_TICKS == 0 {
             self.log_refusals();

@@ -1,6 +1,7 @@
 //! Sessions: the hub of one core (shard, heartbeat wheel, buffer pool),
 //! the connection task and its sans-IO protocol, the channel state shared
-//! by delivery and the task, and the table of disconnect reasons.
+//! by delivery and the task, the user's stream (history, resume) on the
+//! core, and the table of disconnect reasons.
 
 pub mod channel;
 pub mod connection;
@@ -8,4 +9,5 @@ pub mod disconnect;
 pub mod hub;
 pub mod protocol;
 pub mod shard;
+pub mod stream;
 pub mod wheel;

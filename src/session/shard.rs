@@ -181,6 +181,13 @@ impl Shard {
         true
     }
 
+    /// The rooms a connected user is in on this core.
+    pub fn user_rooms(&self, uid: &str) -> Vec<Rc<str>> {
+        self.users
+            .get(uid)
+            .map_or_else(Vec::new, |u| u.rooms().to_vec())
+    }
+
     /// Open connections of a user on this core.
     pub fn user_connections(&self, uid: &str) -> usize {
         self.users

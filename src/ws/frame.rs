@@ -80,34 +80,55 @@ pub enum ContentKind {
     Binary,
 }
 
-/// Encodes a push for clients: a text frame
-/// `{"type":"push","id":..,"room":..,"data":..}`, or a binary frame of the
-/// raw body. `payload` must be valid JSON for [`ContentKind::Json`] and
-/// UTF-8 for [`ContentKind::Text`] (the HTTP layer checks both).
-pub fn encode_push(id: &str, room: Option<&str>, kind: ContentKind, payload: &[u8]) -> Bytes {
-    if kind == ContentKind::Binary {
-        return encode(OpCode::Data(Data::Binary), payload);
-    }
+/// Encodes a push for one core's recipients, with `pos`, the core's stream
+/// position after it (DESIGN section 3.1). A text or JSON push is one text
+/// frame `{"type":"push","id","pos","room"?,"data"}`; a binary push is a
+/// text frame `{"type":"binary","id","pos","room"?}` followed by the binary
+/// frame with the raw bytes, in one buffer (so the pair is written
+/// together and a client can tell the id and position of the bytes).
+pub fn encode_push(
+    id: &str,
+    room: Option<&str>,
+    kind: ContentKind,
+    payload: &[u8],
+    pos: &str,
+) -> Bytes {
     // The JSON is written once, after room for the largest server header;
     // the header is then put right before it and the unused room sliced
     // off, so the frame costs one allocation and no copy of the payload.
     const HEADROOM: usize = 10;
-    let mut out = BytesMut::with_capacity(HEADROOM + payload.len() + id.len() + 64);
+    let binary_tail = if kind == ContentKind::Binary {
+        FRAME_HEADER_BYTES_MAX + payload.len()
+    } else {
+        0
+    };
+    let mut out =
+        BytesMut::with_capacity(HEADROOM + payload.len() + id.len() + pos.len() + 72 + binary_tail);
     out.put_bytes(0, HEADROOM);
     let mut json = out.writer();
-    json.get_mut().put_slice(br#"{"type":"push","id":"#);
+    let opening: &[u8] = if kind == ContentKind::Binary {
+        br#"{"type":"binary","id":"#
+    } else {
+        br#"{"type":"push","id":"#
+    };
+    json.get_mut().put_slice(opening);
     write_json_string(&mut json, id);
+    json.get_mut().put_slice(br#","pos":"#);
+    write_json_string(&mut json, pos);
     if let Some(room) = room {
         json.get_mut().put_slice(br#","room":"#);
         write_json_string(&mut json, room);
     }
-    json.get_mut().put_slice(br#","data":"#);
     match kind {
-        ContentKind::Json => json.get_mut().put_slice(payload),
-        ContentKind::Text => {
-            write_json_string(&mut json, std::str::from_utf8(payload).unwrap_or_default())
+        ContentKind::Json => {
+            json.get_mut().put_slice(br#","data":"#);
+            json.get_mut().put_slice(payload);
         }
-        ContentKind::Binary => unreachable!("handled above"),
+        ContentKind::Text => {
+            json.get_mut().put_slice(br#","data":"#);
+            write_json_string(&mut json, std::str::from_utf8(payload).unwrap_or_default());
+        }
+        ContentKind::Binary => {}
     }
     json.get_mut().put_u8(b'}');
     let mut out = json.into_inner();
@@ -125,6 +146,10 @@ pub fn encode_push(id: &str, room: Option<&str>, kind: ContentKind, payload: &[u
     };
     let start = HEADROOM - header_len;
     out[start..HEADROOM].copy_from_slice(&header[..header_len]);
+    if kind == ContentKind::Binary {
+        put_header(&mut out, OpCode::Data(Data::Binary), payload.len());
+        out.put_slice(payload);
+    }
     out.freeze().slice(start..)
 }
 
@@ -301,7 +326,13 @@ mod tests {
 
     #[test]
     fn push_frame_is_one_text_frame() {
-        let frame = encode_push("m1", Some("lobby"), ContentKind::Json, br#"{"a":1}"#);
+        let frame = encode_push(
+            "m1",
+            Some("lobby"),
+            ContentKind::Json,
+            br#"{"a":1}"#,
+            "p.1.2",
+        );
         assert_eq!(frame[0], 0x81);
         let body = &frame[2..];
         assert_eq!(frame[1] as usize, body.len());
@@ -310,6 +341,7 @@ mod tests {
         assert_eq!(value["id"], "m1");
         assert_eq!(value["room"], "lobby");
         assert_eq!(value["data"]["a"], 1);
+        assert_eq!(value["pos"], "p.1.2");
     }
 
     #[test]
@@ -319,6 +351,7 @@ mod tests {
             None,
             ContentKind::Text,
             "he said \"hi\"\n".as_bytes(),
+            "",
         );
         let value: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
         assert_eq!(value["data"], "he said \"hi\"\n");
@@ -330,7 +363,7 @@ mod tests {
     fn push_header_fits_every_length() {
         for len in [0usize, 100, 125, 126, 1_000, 65_535, 65_536, 200_000] {
             let data = format!("\"{}\"", "x".repeat(len));
-            let frame = encode_push("id", None, ContentKind::Json, data.as_bytes());
+            let frame = encode_push("id", None, ContentKind::Json, data.as_bytes(), "a.0.1");
             let mut cursor = Cursor::new(&frame[..]);
             let (header, body_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
             assert!(header.is_final && header.mask.is_none());
@@ -342,9 +375,19 @@ mod tests {
     }
 
     #[test]
-    fn binary_push_is_raw() {
-        let frame = encode_push("m", None, ContentKind::Binary, &[0, 1, 2]);
-        assert_eq!(&frame[..], &[0x82, 3, 0, 1, 2]);
+    fn a_binary_push_is_a_header_then_the_raw_bytes() {
+        let frame = encode_push("m", Some("r"), ContentKind::Binary, &[0, 1, 2], "a.0.1");
+        let mut cursor = Cursor::new(&frame[..]);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert_eq!(header.opcode, OpCode::Data(Data::Text));
+        let at = cursor.position() as usize;
+        let value: serde_json::Value =
+            serde_json::from_slice(&frame[at..at + len as usize]).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type": "binary", "id": "m", "pos": "a.0.1", "room": "r"})
+        );
+        assert_eq!(&frame[at + len as usize..], &[0x82, 3, 0, 1, 2]);
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct UpgradeRequest {
     pub token: Option<String>,
     /// The `Origin` header (browsers send it; other clients usually not).
     pub origin: Option<String>,
+    /// `?since=` as sent (resume after this position; may be empty).
+    pub since: Option<String>,
+    /// `?rooms=` as sent (rooms to join before the replay).
+    pub rooms: Option<String>,
 }
 
 /// Why a handshake was refused; each maps to an HTTP status, a JSON error
@@ -190,9 +194,12 @@ pub fn parse_upgrade(
         .ok_or(HandshakeError::NotWebSocket(
             "missing or bad Sec-WebSocket-Key",
         ))?;
-    let token = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let token = param("token")
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .or_else(|| {
@@ -208,6 +215,8 @@ pub fn parse_upgrade(
         accept: accept_key(key.trim_ascii()),
         token,
         origin,
+        since: param("since").map(str::to_string),
+        rooms: param("rooms").map(str::to_string),
     }))
 }
 

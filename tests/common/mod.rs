@@ -639,6 +639,43 @@ pub fn require_python_module(module: &str, package: &str) -> bool {
     require(found, &format!("python3 module {module}"), package)
 }
 
+/// Runs a node with `env` and no other CORECAST_* secret (dev mode, on
+/// ports 0, one core) until it is ready; returns its stdout up to the ready
+/// line (the dev banner), and the node.
+pub fn start_dev(env: &[(&str, &str)]) -> (String, Node) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corecast"));
+    command
+        .env_remove("CORECAST_JWT_SECRET")
+        .env_remove("CORECAST_API_KEYS")
+        .env("CORECAST_WS_LISTEN", "127.0.0.1:0")
+        .env("CORECAST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CORECAST_CORES", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn corecast");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    let ready = loop {
+        let line = lines.next().expect("exited before ready").unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.starts_with("corecast: ready") {
+            break line;
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let node = Node {
+        ws: field(&ready, "ws").unwrap().parse().unwrap(),
+        http: field(&ready, "http").unwrap().parse().unwrap(),
+        node_id: field(&ready, "node_id").unwrap().to_string(),
+        child,
+    };
+    (out, node)
+}
+
 /// The one rule for tests that need an outside program: present, true;
 /// absent and `CI` unset, prints which Debian package to install and returns
 /// false so the caller skips; absent and `CI` set, panics, so CI can never
