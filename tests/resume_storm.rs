@@ -152,6 +152,9 @@ fn five_hundred_users_resume_at_once_while_pushes_go_on() {
         for bad in log.bad_frames.iter().take(2) {
             problems.push(format!("storm-{u}: {bad}"));
         }
+        if log.loss_notices > 0 {
+            problems.push(format!("storm-{u}: {} live loss notices", log.loss_notices));
+        }
         // The first connect (since= empty) and the one back from away.
         if log.resumes.len() < 2 {
             problems.push(format!(

@@ -273,7 +273,7 @@ fn rolling_restart_loses_nothing() {
         }
     }
     let (mut received, mut unexpected, mut duplicates, mut disorder, mut bad) = (0, 0, 0, 0, 0);
-    let (mut connects, mut recovered, mut not_recovered) = (0, 0, 0);
+    let (mut connects, mut recovered, mut not_recovered, mut loss_notices) = (0, 0, 0, 0);
     for (u, log) in fleet.logs.iter().enumerate() {
         let log = log.lock().unwrap();
         received += log.seen.len();
@@ -286,6 +286,7 @@ fn rolling_restart_loses_nothing() {
         disorder += log.order_violations.len();
         bad += log.bad_frames.len();
         connects += log.connects;
+        loss_notices += log.loss_notices;
         if problems.len() < LISTED_MAX {
             for v in log.order_violations.iter().take(2) {
                 problems.push(format!("rr-{u}: out of order: {v}"));
@@ -328,7 +329,8 @@ fn rolling_restart_loses_nothing() {
     );
     println!(
         "  reconnects {reconnects} (server closes {}, connect failures {}, refused 503 {}), \
-         resumes after a reconnect: recovered {recovered}, not recovered {not_recovered}",
+         resumes after a reconnect: recovered {recovered}, not recovered {not_recovered}; \
+         live loss notices {loss_notices}",
         fleet
             .stats
             .server_closes

@@ -86,8 +86,11 @@ pub struct UserLog {
     pub pos: Option<String>,
     /// Successful handshakes.
     pub connects: u64,
-    /// Every `resumed` frame, in order.
+    /// Every connection's `resumed` frame (its answer to `since`), in order.
     pub resumes: Vec<Resumed>,
+    /// Live `resumed` frames with `recovered:false` after a connection's
+    /// first (loss notices: refetch state).
+    pub loss_notices: u64,
     /// Frames that were not what the contract says (kept up to a bound).
     pub bad_frames: Vec<String>,
     /// Whether the current connection is up (handshake done).
@@ -375,7 +378,17 @@ fn on_text(log: &mut UserLog, text: &str, pushes_before: &mut u64, resumed_seen:
                 return;
             };
             if *resumed_seen {
-                log.bad(format!("a second resumed frame on one connection: {text}"));
+                // A live loss notice (contract: recovered:false, missed:0,
+                // on a connection already resumed): pushes routed to the
+                // connection's core were lost on the way.
+                if recovered {
+                    log.bad(format!("a second resumed frame, recovered: {text}"));
+                }
+                log.loss_notices += 1;
+                if let Some(pos) = frame["pos"].as_str() {
+                    log.pos = Some(pos.to_string());
+                }
+                return;
             }
             *resumed_seen = true;
             if let Some(pos) = frame["pos"].as_str() {
