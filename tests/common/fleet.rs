@@ -55,6 +55,21 @@ pub fn origin_and_counter(id: &str) -> Option<(&str, u64)> {
     Some((origin, u64::from_str_radix(counter, 16).ok()?))
 }
 
+/// A push (`late`) received after `after`, a push of the same origin
+/// with a higher counter. A broken order when `late` was answered 202
+/// before `after` was posted; two requests in flight at once have no order.
+#[derive(Clone, Debug)]
+pub struct OrderViolation {
+    pub late: String,
+    pub after: String,
+}
+
+impl std::fmt::Display for OrderViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} after {}", self.late, self.after)
+    }
+}
+
 /// One `resumed` frame as the client saw it.
 #[derive(Clone, Debug)]
 pub struct Resumed {
@@ -75,13 +90,16 @@ pub struct UserLog {
     pub order: Vec<String>,
     /// `data` of each id first seen.
     pub data: HashMap<String, Value>,
-    /// Highest counter seen per origin.
-    pub last_per_origin: HashMap<String, u64>,
+    /// Highest counter seen per origin, and its id.
+    pub last_per_origin: HashMap<String, (u64, String)>,
     /// Push frames whose id had been seen already (dropped).
     pub duplicates: u64,
-    /// "origin: counter after counter" for each push older than one seen before
-    /// from the same origin.
-    pub order_violations: Vec<String>,
+    /// Each push that came after a push of the same origin with a higher
+    /// counter. Whether that breaks the origin's order depends on how they
+    /// were posted: the counter is taken when the request is read, the
+    /// origin's order when it is sequenced, so two requests in flight at
+    /// once may be sequenced either way (see [`OrderViolation`]).
+    pub order_violations: Vec<OrderViolation>,
     /// The `pos` to resume from (of the last push or `resumed` frame).
     pub pos: Option<String>,
     /// Successful handshakes.
@@ -107,16 +125,19 @@ impl UserLog {
         self.order.push(id.to_string());
         self.data.insert(id.to_string(), data.clone());
         match origin_and_counter(id) {
-            Some((origin, counter)) => {
-                if let Some(&last) = self.last_per_origin.get(origin)
-                    && counter <= last
-                {
-                    self.order_violations
-                        .push(format!("{origin}: {counter:x} after {last:x}"));
+            Some((origin, counter)) => match self.last_per_origin.get_mut(origin) {
+                Some((last, last_id)) if counter <= *last => {
+                    self.order_violations.push(OrderViolation {
+                        late: id.to_string(),
+                        after: last_id.clone(),
+                    });
                 }
-                let last = self.last_per_origin.entry(origin.to_string()).or_insert(0);
-                *last = (*last).max(counter);
-            }
+                Some(last) => *last = (counter, id.to_string()),
+                None => {
+                    self.last_per_origin
+                        .insert(origin.to_string(), (counter, id.to_string()));
+                }
+            },
             None => self.bad(format!("push id not <prefix>-<core>-<hex>: {id}")),
         }
         true
