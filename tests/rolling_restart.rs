@@ -273,10 +273,20 @@ fn rolling_restart_loses_nothing() {
     let mut expected: Vec<HashSet<&str>> = vec![HashSet::new(); USERS];
     for (u, id) in &posted.accepted {
         expected[*u].insert(id.as_str());
-        if !fleet.logs[*u].lock().unwrap().seen.contains(id) {
+        let log = fleet.logs[*u].lock().unwrap();
+        if !log.seen.contains(id) {
             missing += 1;
             if problems.len() < LISTED_MAX {
-                problems.push(format!("rr-{u} never got {id}"));
+                // What the user went through, to tell where it was lost.
+                let resumes: Vec<bool> = log.resumes.iter().map(|r| r.recovered).collect();
+                let (sent, answered) = posted.timing[id];
+                problems.push(format!(
+                    "rr-{u} never got {id} (posted at t={:?}, 202 at t={:?}; the user had {} \
+                     connections, resumes recovered: {resumes:?})",
+                    sent.duration_since(start),
+                    answered.duration_since(start),
+                    log.connects
+                ));
             }
         }
     }
