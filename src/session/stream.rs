@@ -123,6 +123,9 @@ impl Hub {
                 history.attach_frame(frame.clone());
                 drop(history);
                 self.publish_history_fill();
+                if lost {
+                    self.tell_loss();
+                }
                 frame
             }
             None => push.frame(target, ""),
@@ -132,9 +135,13 @@ impl Hub {
 
     /// `origin` is at `seq` with nothing routed here since `prev`.
     pub fn advance(&self, origin: Origin, seq: u64, prev: u64) {
-        self.history
+        let arrival = self
+            .history
             .borrow_mut()
             .advance(origin, seq, prev, unix_millis());
+        if arrival == Arrival::AfterLoss {
+            self.tell_loss();
+        }
     }
 
     /// Seqs of `origin` up to `hi` never reached this node.
@@ -142,6 +149,32 @@ impl Hub {
         self.history
             .borrow_mut()
             .mark_gap(origin, hi, unix_millis());
+        self.tell_loss();
+    }
+
+    /// Pushes routed here were lost (a mesh gap, a full inbox): the open
+    /// connections of this core may have missed one, and no later resume
+    /// would show it, so each gets `{"type":"resumed","recovered":false}`
+    /// now, live: the application refetches its state, as after a resume
+    /// that could not be proven. At most once per heartbeat tick.
+    fn tell_loss(&self) {
+        let tick = self.tick();
+        if self.loss_told_tick.replace(Some(tick)) == Some(tick) {
+            return;
+        }
+        let pos = self.history.borrow_mut().position_text();
+        let notice = frame::encode_text(&resumed_text(false, 0, &pos));
+        let channels = self.open_channels();
+        for channel in &channels {
+            channel.send_replay(&notice);
+        }
+        if !channels.is_empty() {
+            tracing::warn!(
+                core = self.core,
+                connections = channels.len(),
+                "pushes routed to this core were lost on the way; its connections were told to refetch"
+            );
+        }
     }
 
     /// Publishes this core's history fill for the accepting cores' check
