@@ -6,7 +6,7 @@
 //! `resumed` `recovered:false` either.
 
 mod common;
-use common::{CLUSTER_MESH_KEY, Node, Poster, peer_port};
+use common::{CLUSTER_MESH_KEY, Client, Node, Poster, WAIT, peer_port};
 use serde_json::json;
 use std::time::Duration;
 
@@ -43,8 +43,7 @@ fn first_pushes_of_a_restarted_node_reach_the_other_nodes() {
     let mut told = None;
     for n in 0..MARKERS_MAX {
         markers.push(poster.push_ok("/v1/push/user/watcher", json!({"marker": n})));
-        while !client.silent_for(Duration::from_millis(100)) {
-            let frame = client.recv_json();
+        while let Some(frame) = next_frame(&mut client, Duration::from_millis(100)) {
             if frame["type"] == "resumed" {
                 told = Some(frame);
             } else {
@@ -69,4 +68,27 @@ fn first_pushes_of_a_restarted_node_reach_the_other_nodes() {
     );
     let first: Vec<&String> = got.iter().filter(|id| ids.contains(id)).collect();
     assert_eq!(first, ids.iter().collect::<Vec<_>>(), "in the node's order");
+}
+
+/// The next text frame within `wait`, or None (pings skipped).
+fn next_frame(client: &mut Client, wait: Duration) -> Option<serde_json::Value> {
+    client.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+    let frame = loop {
+        match client.ws.read() {
+            Ok(tungstenite::Message::Text(text)) => break serde_json::from_str(&text).ok(),
+            Ok(tungstenite::Message::Close(frame)) => panic!("closed: {frame:?}"),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    frame
 }
