@@ -692,3 +692,173 @@ pub fn require(found: bool, what: &str, package: &str) -> bool {
     eprintln!("SKIPPED: {hint}");
     false
 }
+
+/// A keep-alive client of one node's push API (one HTTP connection reused,
+/// so the pushes it posts are accepted by one executor: one origin, whose
+/// order they keep), with a bounded timeout, transport errors returned.
+pub struct Poster {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// How long one push request through a [`Poster`] may take.
+pub const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Poster {
+    pub fn new(http: SocketAddr) -> Poster {
+        Poster {
+            agent: ureq::AgentBuilder::new().timeout(POST_TIMEOUT).build(),
+            base: format!("http://{http}"),
+        }
+    }
+
+    /// POSTs `{"data": data}` to `path`, with `Idempotency-Key: key` when
+    /// given: the status and JSON answer, or why no answer came.
+    pub fn push(
+        &self,
+        path: &str,
+        data: &Value,
+        key: Option<&str>,
+    ) -> Result<(u16, Value), String> {
+        let mut request = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {API_KEY}"))
+            .set("Content-Type", "application/json");
+        if let Some(key) = key {
+            request = request.set("Idempotency-Key", key);
+        }
+        let body = serde_json::json!({ "data": data }).to_string();
+        let response = match request.send_string(&body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = response.status();
+        let text = response.into_string().map_err(|e| e.to_string())?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Posts and requires a 202; the push's id.
+    pub fn push_ok(&self, path: &str, data: Value) -> String {
+        match self.push(path, &data, None) {
+            Ok((202, body)) => body["id"].as_str().expect("202 with an id").to_string(),
+            other => panic!("push {path} {data}: {other:?}"),
+        }
+    }
+}
+
+/// `/ws?token=...&since=<since>` for `uid`, plus `extra` (e.g.
+/// `&rooms=a,b`).
+pub fn resume_path(
+    node: &Node,
+    uid: &str,
+    rooms: Option<&[&str]>,
+    since: &str,
+    extra: &str,
+) -> String {
+    format!("/ws?token={}&since={since}{extra}", node.token(uid, rooms))
+}
+
+/// Every push frame up to the first `resumed` frame and that frame, read
+/// within `within` (bounded in frames too); `Err` names what came instead.
+/// A binary push (a `{"type":"binary",...}` text frame, then the raw bytes)
+/// is one entry: the text frame with the bytes under `"bytes"`.
+pub fn read_until_resumed(
+    client: &mut Client,
+    within: Duration,
+) -> Result<(Vec<Value>, Value), String> {
+    const FRAMES_MAX: usize = 100_000;
+    let deadline = Instant::now() + within;
+    let mut pushes = Vec::new();
+    for _ in 0..FRAMES_MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        client.ws.get_mut().set_read_timeout(Some(left)).unwrap();
+        let message = client.ws.read();
+        client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        match message {
+            Ok(Message::Text(text)) => {
+                let frame: Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+                match frame["type"].as_str() {
+                    Some("resumed") => return Ok((pushes, frame)),
+                    Some("push") => pushes.push(frame),
+                    Some("binary") => {
+                        // The raw bytes follow at once in a binary frame:
+                        // kept on the text frame as "bytes" (an array).
+                        let mut frame = frame;
+                        match client.recv_message() {
+                            Message::Binary(bytes) => {
+                                frame["bytes"] = Value::from(bytes.to_vec());
+                            }
+                            other => {
+                                return Err(format!("{frame} not followed by bytes: {other:?}"));
+                            }
+                        }
+                        pushes.push(frame);
+                    }
+                    _ => return Err(format!("unexpected frame before resumed: {frame}")),
+                }
+            }
+            Ok(Message::Binary(bytes)) => {
+                return Err(format!(
+                    "a binary frame ({} bytes) without its text frame before resumed",
+                    bytes.len()
+                ));
+            }
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+            Ok(Message::Close(frame)) => return Err(format!("closed before resumed: {frame:?}")),
+            Err(e) => {
+                return Err(format!(
+                    "no resumed frame ({e}) after {} push frames: {pushes:?}",
+                    pushes.len()
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "no resumed frame within {within:?}; {} push frames before: {pushes:?}",
+        pushes.len()
+    ))
+}
+
+/// Waits until `uid` has no connection on `node` (its presence is empty).
+pub fn wait_offline(node: &Node, uid: &str) {
+    wait_for(&format!("{uid} offline on {}", node.node_id), WAIT, || {
+        let (status, body) = node.request("GET", &format!("/v1/users/{uid}"));
+        status == 200 && body["channels"].as_array().is_some_and(Vec::is_empty)
+    });
+}
+
+/// Mesh envelopes this node has received.
+pub fn mesh_in(node: &Node) -> f64 {
+    node.metric("corecast_mesh_envelopes_total{direction=\"in\"}")
+}
+
+/// Waits until `node` has received at least `want` mesh envelopes in all,
+/// then a moment more for them to reach its cores.
+pub fn wait_mesh_in(node: &Node, want: f64) {
+    wait_for(
+        &format!("{want} mesh envelopes in on {}", node.node_id),
+        WAIT,
+        || mesh_in(node) >= want,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// `corecast_resumes_total` for `outcome` ("recovered" or "not_recovered"),
+/// summed over any other labels.
+pub fn resumes(node: &Node, outcome: &str) -> f64 {
+    let label = format!("outcome=\"{outcome}\"");
+    node.metrics()
+        .lines()
+        .filter(|l| l.starts_with("corecast_resumes_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
