@@ -136,6 +136,10 @@ pub struct Common {
     /// Rooms put in every token's `rooms` claim (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<String>,
+    /// Wait until this unix time (seconds) before connecting, so client machines started by
+    /// hand or by ssh one after the other connect together.
+    #[arg(long)]
+    pub start_at: Option<u64>,
     /// Free-form label shown by `report`.
     #[arg(long)]
     pub label: Option<String>,
@@ -160,6 +164,11 @@ pub struct BroadcastArgs {
     /// Gap between broadcast pushes, milliseconds.
     #[arg(long, default_value_t = 1_000)]
     pub interval_ms: u64,
+    /// Push nothing: wait (up to --timeout) for --messages broadcasts pushed by another client
+    /// run (seqs 0 .. messages-1) and measure their delivery here. For several client
+    /// machines: one pushes, the others receive only.
+    #[arg(long)]
+    pub receive_only: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

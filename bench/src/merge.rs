@@ -7,6 +7,9 @@
 //! summed: each run that sampled the servers read the same nodes, so the merged server CPU of a
 //! phase is the largest any run saw over its own window, and per-delivery / per-push figures
 //! divide it by the merged counts (valid when the runs' phases overlap, as in the how-to).
+//! A broadcast's merged fan-out is its send time to the last receive in any run (a
+//! receive-only run takes the send time from the payload: the pusher's clock, so the client
+//! machines' clocks must agree, e.g. by NTP or chrony).
 //! Every run's own server and client samples are kept, their phase prefixed `r{i}:`.
 
 use std::collections::BTreeMap;
@@ -16,7 +19,9 @@ use crate::error::BenchError;
 use crate::hist::{HistSet, Percentiles, read_hlog};
 use crate::output::write_run;
 use crate::server_stats::PhaseCost;
-use crate::summary::{BroadcastSummary, DeliverySummary, IdleSummary, Summary, UnicastSummary};
+use crate::summary::{
+    BroadcastSummary, DeliverySummary, IdleSummary, MessageFanout, Summary, UnicastSummary,
+};
 
 /// Histogram file stems a run writes, in output order.
 const HIST_NAMES: [&str; 3] = ["latency", "handshake", "push_http"];
@@ -129,23 +134,58 @@ fn merge_broadcast(runs: &[Run], push_http: &HistSet) -> Option<BroadcastSummary
         return None;
     }
     let mut m = BroadcastSummary::default();
-    let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    // Per seq over runs: (send time, deliveries, fan-out if every run saw it everywhere).
+    let mut per_seq: BTreeMap<u64, (u64, u64, Option<f64>)> = BTreeMap::new();
     for b in &all {
-        m.messages += b.messages;
+        // Every run counts the same broadcasts (a receive-only run waits for the pusher's).
+        m.messages = m.messages.max(b.messages);
         m.accepted += b.accepted;
         m.open_at_start += b.open_at_start;
         add_counts(&mut m.push_errors, &b.push_errors);
-        m.fanout_ms_p50 = max(m.fanout_ms_p50, b.fanout_ms_p50);
-        m.fanout_ms_max = max(m.fanout_ms_max, b.fanout_ms_max);
-        m.deliveries_per_sec_mean = match (m.deliveries_per_sec_mean, b.deliveries_per_sec_mean) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-        m.per_message.extend(b.per_message.iter().cloned());
+        for msg in &b.per_message {
+            let e = per_seq
+                .entry(msg.seq)
+                .or_insert((msg.sent_us, 0, Some(0.0)));
+            if e.0 == 0 {
+                e.0 = msg.sent_us;
+            }
+            e.1 += msg.deliveries;
+            e.2 = match (e.2, msg.fanout_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
     }
+    // A seq some run never reported did not reach that run's connections.
+    let mut fanouts = Vec::new();
+    for (&seq, &(sent_us, deliveries, fanout)) in &per_seq {
+        let seen_by_all = all
+            .iter()
+            .all(|b| b.per_message.iter().any(|msg| msg.seq == seq));
+        let fanout_ms = fanout.filter(|_| seen_by_all);
+        if let Some(ms) = fanout_ms {
+            fanouts.push(ms);
+        }
+        m.per_message.push(MessageFanout {
+            seq,
+            sent_us,
+            deliveries,
+            fanout_ms,
+            deliveries_per_sec: fanout_ms
+                .filter(|ms| *ms > 0.0)
+                .map(|ms| deliveries as f64 / (ms / 1e3)),
+        });
+    }
+    fanouts.sort_by(f64::total_cmp);
+    m.fanout_ms_p50 = fanouts.get(fanouts.len() / 2).copied();
+    m.fanout_ms_max = fanouts.last().copied();
+    let rates: Vec<f64> = m
+        .per_message
+        .iter()
+        .filter_map(|msg| msg.deliveries_per_sec)
+        .collect();
+    m.deliveries_per_sec_mean =
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
     m.push_http = Percentiles::of(&push_http.merged);
     Some(m)
 }

@@ -83,8 +83,9 @@ pub struct PhaseReport {
     pub closed: BTreeMap<String, u64>,
     /// Server pings answered since the connections opened.
     pub pings: u64,
-    /// Per broadcast seq: (seq, deliveries, latest receive time in unix us).
-    pub per_seq: Vec<(u64, u64, u64)>,
+    /// Per broadcast seq: (seq, deliveries, latest receive time in unix us, the payload's
+    /// intended send time).
+    pub per_seq: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Worker -> parent.

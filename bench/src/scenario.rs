@@ -208,7 +208,8 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
         .iter()
         .map(|u| Endpoint::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    if !matches!(scenario, Scenario::Idle(_)) && http.is_empty() {
+    let receive_only = matches!(&scenario, Scenario::Broadcast(a) if a.receive_only);
+    if !matches!(scenario, Scenario::Idle(_)) && !receive_only && http.is_empty() {
         return Err(bad("--http is required for broadcast and unicast"));
     }
     let shared_channel =
@@ -243,6 +244,22 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
     );
 
     let before_connect = sampler.take("before_connect").await;
+    if let Some(at) = common.start_at {
+        let now = unix_us();
+        let at_us = at.saturating_mul(1_000_000);
+        if at_us > now {
+            eprintln!(
+                "waiting {:.1} s for --start-at {at}",
+                (at_us - now) as f64 / 1e6
+            );
+            tokio::time::sleep(Duration::from_micros(at_us - now)).await;
+        } else {
+            eprintln!(
+                "warning: --start-at {at} is {:.1} s in the past",
+                (now - at_us) as f64 / 1e6
+            );
+        }
+    }
     let mut fleet = Fleet::spawn(&specs).await?;
     let n = common.n;
     let connected = fleet
@@ -422,7 +439,9 @@ fn fold_delivery(
     }
     d.lost = expected.saturating_sub(d.unique);
     d.latency = Percentiles::of(&latency.merged);
-    d.server_cpu_us_per_delivery = (d.unique > 0).then(|| cost.cpu_us as f64 / d.unique as f64);
+    // No server sampled: no figure (rather than a 0 that reads like a measurement).
+    d.server_cpu_us_per_delivery = (d.unique > 0 && !cost.after.procs.is_empty())
+        .then(|| cost.cpu_us as f64 / d.unique as f64);
     d
 }
 
@@ -520,7 +539,16 @@ async fn broadcast(
     let client_before = Sample::of_pids("broadcast_start", &fleet.client_pids());
     let start = Instant::now();
     let mut push_http = new_hist();
-    for seq in 0..args.messages {
+    if args.receive_only {
+        eprintln!(
+            "receive only: waiting up to {} s for {} broadcasts pushed by another client",
+            common.timeout, args.messages
+        );
+        // Send times come from the payloads once they arrive.
+        sent.extend((0..args.messages).map(|seq| (seq, 0)));
+    }
+    let pushes = if args.receive_only { 0 } else { args.messages };
+    for seq in 0..pushes {
         let conn = &mut conns[(seq % http.len() as u64) as usize];
         let path = target::push_path(common.target, conn.endpoint(), None);
         let t_us = unix_us();
@@ -588,17 +616,20 @@ async fn broadcast(
         &cost,
     );
 
-    let mut deliveries_per_seq: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut deliveries_per_seq: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
     for r in &reports {
-        for &(seq, count, last_us) in &r.per_seq {
+        for &(seq, count, last_us, t_us) in &r.per_seq {
             let e = deliveries_per_seq.entry(seq).or_default();
             e.0 += count;
             e.1 = e.1.max(last_us);
+            e.2 = t_us;
         }
     }
     let mut fanouts = Vec::new();
     for &(seq, sent_us) in &sent {
-        let (deliveries, last_us) = deliveries_per_seq.get(&seq).copied().unwrap_or_default();
+        let (deliveries, last_us, t_us) = deliveries_per_seq.get(&seq).copied().unwrap_or_default();
+        // Receive only: the pusher's intended send time, from the payload (its clock).
+        let sent_us = if args.receive_only { t_us } else { sent_us };
         let complete = deliveries >= open && open > 0;
         let fanout_ms = complete.then(|| last_us.saturating_sub(sent_us) as f64 / 1e3);
         let deliveries_per_sec = fanout_ms
@@ -818,7 +849,8 @@ async fn unicast(
             0.0
         },
         push_http: Percentiles::of(&hists.push_http.merged),
-        server_cpu_us_per_push: (accepted > 0).then(|| cost.cpu_us as f64 / accepted as f64),
+        server_cpu_us_per_push: (accepted > 0 && !cost.after.procs.is_empty())
+            .then(|| cost.cpu_us as f64 / accepted as f64),
     };
     eprintln!(
         "unicast: {} of {scheduled} accepted at {:.0}/s (target {}); push answer p99 {:.2} ms; server CPU {:?} us/push",

@@ -87,6 +87,8 @@ pub fn raise_fd_limit(needed: usize) {
 struct SeqAgg {
     deliveries: u64,
     last_us: u64,
+    /// The payload's intended send time (the pusher's clock).
+    sent_us: u64,
     done: bool,
 }
 
@@ -119,10 +121,10 @@ impl Shared {
     }
 
     fn report(&self) -> PhaseReport {
-        let mut per_seq: Vec<(u64, u64, u64)> = self
+        let mut per_seq: Vec<(u64, u64, u64, u64)> = self
             .per_seq
             .iter()
-            .map(|(seq, a)| (*seq, a.deliveries, a.last_us))
+            .map(|(seq, a)| (*seq, a.deliveries, a.last_us, a.sent_us))
             .collect();
         per_seq.sort_unstable();
         PhaseReport {
@@ -198,6 +200,7 @@ fn on_delivery(shared: &RefCell<Shared>, track: &mut SeqTrack, payload: &[u8]) {
         let agg = s.per_seq.entry(seq).or_default();
         agg.deliveries += 1;
         agg.last_us = agg.last_us.max(now);
+        agg.sent_us = t_us;
         if !agg.done && agg.deliveries >= open {
             agg.done = true;
             let event = Event::SeqDone {
