@@ -5,7 +5,7 @@
 //! merged percentiles are those of all deliveries, not an average of percentiles. Counts
 //! (connections, pushes, deliveries, losses, duplicates) are summed. Server cost cannot be
 //! summed: each run that sampled the servers read the same nodes, so the merged server CPU of a
-//! phase is the largest any run saw over its own window, and per-delivery / per-push figures
+//! phase is the largest any run saw over its own window (for a broadcast, the pushing run's), and per-delivery / per-push figures
 //! divide it by the merged counts (valid when the runs' phases overlap, as in the how-to).
 //! A broadcast's merged fan-out is its send time to the last receive in any run (a
 //! receive-only run takes the send time from the payload: the pusher's clock, so the client
@@ -63,9 +63,25 @@ fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     }
 }
 
-/// Largest CPU any run measured on the servers over its `phase`.
+/// Largest CPU any run measured on the servers over its `phase`. For a broadcast, the runs
+/// that pushed come first: a receive-only run's window also holds its wait for the pusher (and
+/// the pusher's connections), so it is used only when no pusher sampled the servers.
 fn server_cpu_us(runs: &[Run], phase: &str) -> Option<u64> {
-    runs.iter()
+    let pushed = |r: &&Run| r.summary.broadcast.as_ref().is_some_and(|b| b.accepted > 0);
+    let sampled = |r: &&Run| {
+        r.summary
+            .server
+            .iter()
+            .any(|c| c.phase == phase && !c.after.procs.is_empty())
+    };
+    let pushers: Vec<&Run> = runs.iter().filter(pushed).filter(sampled).collect();
+    let chosen: Vec<&Run> = if pushers.is_empty() {
+        runs.iter().collect()
+    } else {
+        pushers
+    };
+    chosen
+        .into_iter()
         .flat_map(|r| r.summary.server.iter())
         .filter(|c| c.phase == phase && !c.after.procs.is_empty())
         .map(|c| c.cpu_us)
