@@ -15,6 +15,13 @@
 #   NODE_BIN=target/release/corecast, BENCH=target/release/corecast-bench (built if missing)
 #   LOG_DIR=$(mktemp -d)  node logs
 #   READY_TIMEOUT_S=60    wait for every /readyz
+#   CLIENTS=1             client runs; more than 1 plays N client machines on this box (below)
+#
+# CLIENTS > 1 (needs OUT and PER_CLIENT_N, and no --n / --out in the args): client k runs
+# `--n PER_CLIENT_N --uid-offset k*PER_CLIENT_N --source-addrs 127.(k+1).0.0/24`, samples the
+# nodes through --server-metrics (as a remote machine would) and writes OUT/client-k; all start
+# together (--start-at). For broadcast, clients 1.. are --receive-only and client 0 pushes once
+# they all wait. Then `corecast-bench merge --out OUT/merged OUT/client-*`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -34,6 +41,7 @@ NODE_BIN="${NODE_BIN:-$ROOT/target/release/corecast}"
 BENCH="${BENCH:-$ROOT/target/release/corecast-bench}"
 LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/corecast-cluster.XXXXXX)}"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-60}"
+CLIENTS="${CLIENTS:-1}"
 SECRET="${CORECAST_JWT_SECRET:-bench-secret-$RANDOM$RANDOM$RANDOM}"
 API_KEY="${CORECAST_API_KEY:-bench-key-$RANDOM$RANDOM$RANDOM}"
 
@@ -71,6 +79,8 @@ stop() {
 trap stop EXIT
 
 ARGS=()
+PID_ARGS=()
+METRICS_ARGS=()
 for ((i = 0; i < NODES; i++)); do
     ws=$((BASE_PORT + 10 * i)); http=$((ws + 1)); mesh=$((ws + 2))
     envs=(
@@ -87,7 +97,9 @@ for ((i = 0; i < NODES; i++)); do
     fi
     env "${envs[@]}" "$NODE_BIN" >"$LOG_DIR/node$i.log" 2>&1 &
     PIDS+=($!)
-    ARGS+=(--ws "ws://127.0.0.1:$ws" --http "http://127.0.0.1:$http" --server-pid "$!")
+    ARGS+=(--ws "ws://127.0.0.1:$ws" --http "http://127.0.0.1:$http")
+    PID_ARGS+=(--server-pid "$!")
+    METRICS_ARGS+=(--server-metrics "http://127.0.0.1:$http/metrics")
 done
 log "started $NODES node(s): pids ${PIDS[*]}; waiting for /readyz"
 
@@ -106,5 +118,39 @@ for ((i = 0; i < NODES; i++)); do
     log "node$i ready (pid ${PIDS[$i]})"
 done
 
-log "running: corecast-bench $SCENARIO $* (${NODES} nodes)"
-"$BENCH" "$SCENARIO" "${ARGS[@]}" --jwt-secret "$SECRET" --api-key "$API_KEY" "$@"
+if [ "$CLIENTS" -le 1 ]; then
+    log "running: corecast-bench $SCENARIO $* (${NODES} nodes)"
+    "$BENCH" "$SCENARIO" "${ARGS[@]}" "${PID_ARGS[@]}" --jwt-secret "$SECRET" --api-key "$API_KEY" "$@"
+    exit
+fi
+
+: "${OUT:?CLIENTS > 1 needs OUT (the directory for client-k and merged)}"
+: "${PER_CLIENT_N:?CLIENTS > 1 needs PER_CLIENT_N (connections per client)}"
+mkdir -p "$OUT"
+START_AT=$(($(date +%s) + 5))
+CLIENT_PIDS=()
+client() {
+    local k=$1
+    shift
+    "$BENCH" "$SCENARIO" "${ARGS[@]}" "${METRICS_ARGS[@]}" --jwt-secret "$SECRET" --api-key "$API_KEY" \
+        --n "$PER_CLIENT_N" --uid-offset $((k * PER_CLIENT_N)) --source-addrs "127.$((k + 1)).0.0/24" \
+        --label "client-$k" --out "$OUT/client-$k" "$@" 2>"$OUT/client-$k.log" &
+    CLIENT_PIDS+=($!)
+}
+log "running $CLIENTS clients: corecast-bench $SCENARIO $* (${NODES} nodes); logs in $OUT/client-*.log"
+if [ "$SCENARIO" = broadcast ]; then
+    for ((k = 1; k < CLIENTS; k++)); do client "$k" --start-at "$START_AT" --receive-only "$@"; done
+    deadline=$((SECONDS + 600))
+    until [ "$(grep -l '^receive only: waiting' "$OUT"/client-*.log 2>/dev/null | wc -l)" -ge $((CLIENTS - 1)) ]; do
+        if [ $SECONDS -ge $deadline ]; then log "receivers not waiting after 600 s"; exit 1; fi
+        sleep 0.5
+    done
+    client 0 "$@"
+else
+    for ((k = 0; k < CLIENTS; k++)); do client "$k" --start-at "$START_AT" "$@"; done
+fi
+failed=0
+for pid in "${CLIENT_PIDS[@]}"; do wait "$pid" || failed=1; done
+grep -h -E '^(connected|deliveries|server RSS|unicast:|broadcast:)' "$OUT"/client-*.log >&2 || true
+if [ "$failed" = 1 ]; then log "a client failed; see $OUT/client-*.log"; exit 1; fi
+"$BENCH" merge --out "$OUT/merged" "$OUT"/client-*[0-9]

@@ -1,5 +1,5 @@
-//! Command line: the three scenarios (`idle`, `broadcast`, `unicast`), `report`, and the hidden
-//! `worker` subcommand the parent re-executes itself with.
+//! Command line: the three scenarios (`idle`, `broadcast`, `unicast`), `report`, `merge`, and
+//! the hidden `worker` subcommand the parent re-executes itself with.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,16 @@ pub enum Cmd {
     /// Print a side-by-side table of earlier runs from their summary.json.
     Report {
         /// Output directories of earlier runs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// Merge runs of the same scenario made at the same time (several client processes or
+    /// machines against one cluster) into one summary.json, .hgrm, .hlog and plot.
+    Merge {
+        /// Directory for the merged output.
+        #[arg(long)]
+        out: PathBuf,
+        /// Output directories of the runs to merge (each with summary.json and *.hlog).
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
@@ -75,9 +85,14 @@ pub struct Common {
     /// Directory for summary.json, *.hgrm and latency.svg.
     #[arg(long)]
     pub out: PathBuf,
-    /// Server process to sample RSS and CPU time of (repeatable).
+    /// Server process on this machine to sample RSS and CPU time of from /proc (repeatable).
     #[arg(long = "server-pid")]
     pub server_pid: Vec<u32>,
+    /// A node's metrics URL to sample RSS and CPU time from (`process_resident_memory_bytes`,
+    /// `process_cpu_seconds_total`), for a node on another machine (repeatable), e.g.
+    /// http://10.0.0.1:8081/metrics. Give a node either here or in --server-pid, not both.
+    #[arg(long = "server-metrics")]
+    pub server_metrics: Vec<String>,
     /// Bound on each phase (connect, deliver, drain), seconds.
     #[arg(long, default_value_t = PHASE_TIMEOUT_DEFAULT_SECS)]
     pub timeout: u64,
@@ -106,12 +121,25 @@ pub struct Common {
     /// Most connections per worker process.
     #[arg(long, default_value_t = WORKER_CONNECTIONS_MAX)]
     pub per_worker: usize,
-    /// Do not bind client sockets to rotated 127.0.0.x source addresses.
+    /// Local source addresses to spread connections over (comma-separated IPv4 addresses or
+    /// CIDR blocks, e.g. 10.0.0.5,10.0.0.6 or 10.0.1.0/28). Default: 127.0.0.2..=251 when
+    /// every --ws target is loopback, else the kernel's choice.
+    #[arg(long, value_delimiter = ',')]
+    pub source_addrs: Vec<String>,
+    /// Do not bind client sockets to source addresses at all (overrides --source-addrs).
     #[arg(long)]
     pub no_source_rotation: bool,
+    /// First uid: connections are users u{offset} .. u{offset + n - 1}. Give each client
+    /// machine of one run its own range.
+    #[arg(long, default_value_t = 0)]
+    pub uid_offset: u64,
     /// Rooms put in every token's `rooms` claim (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<String>,
+    /// Wait until this unix time (seconds) before connecting, so client machines started by
+    /// hand or by ssh one after the other connect together.
+    #[arg(long)]
+    pub start_at: Option<u64>,
     /// Free-form label shown by `report`.
     #[arg(long)]
     pub label: Option<String>,
@@ -136,6 +164,11 @@ pub struct BroadcastArgs {
     /// Gap between broadcast pushes, milliseconds.
     #[arg(long, default_value_t = 1_000)]
     pub interval_ms: u64,
+    /// Push nothing: wait (up to --timeout) for --messages broadcasts pushed by another client
+    /// run (seqs 0 .. messages-1) and measure their delivery here. For several client
+    /// machines: one pushes, the others receive only.
+    #[arg(long)]
+    pub receive_only: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -23,6 +23,15 @@ pub enum BenchError {
     /// A JSON document (summary, pipe message) did not parse.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// `--source-addrs` is malformed or an address cannot be bound here.
+    #[error("{0}")]
+    SourceAddr(#[from] crate::source_addrs::SourceAddrError),
+    /// A `.hlog` file could not be written or read.
+    #[error("{0}")]
+    Hlog(#[from] crate::hist::HlogError),
+    /// Runs given to `merge` do not belong together.
+    #[error("merge: {0}")]
+    Merge(String),
     /// A token could not be minted.
     #[error("jwt: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),

@@ -64,6 +64,15 @@ impl HttpConn {
         &self.endpoint
     }
 
+    /// GETs `path`; returns the status code and body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.endpoint.host
+        );
+        self.exchange(request.as_bytes()).await
+    }
+
     /// POSTs `body` to `path`; returns the status code and body. Retries once on a stale
     /// keep-alive connection.
     pub async fn post(

@@ -29,6 +29,14 @@ pub const SOURCE_ADDR_FIRST_OCTET: u64 = 2;
 pub const EPHEMERAL_PORTS_PER_ADDR: u64 = 28_000;
 const _: () = assert!(SOURCE_ADDR_FIRST_OCTET + SOURCE_ADDRS_COUNT <= 255);
 const _: () = assert!(CONNECTIONS_MAX / SOURCE_ADDRS_COUNT < EPHEMERAL_PORTS_PER_ADDR);
+/// Most addresses `--source-addrs` may expand to (a /20); every worker gets the whole list.
+pub const SOURCE_ADDRS_MAX: usize = 4_096;
+
+/// Deadline of one `--server-metrics` scrape (connect, request and answer).
+pub const METRICS_SCRAPE_TIMEOUT_MS: u64 = 2_000;
+/// A node serves `/metrics` from a cache refreshed at most once per second (the node's
+/// SCRAPE_CACHE_MS); a scrape this long after a moment is sure to reflect that moment.
+pub const METRICS_FRESH_AFTER_MS: u64 = 1_100;
 
 /// Handshakes in flight per worker unless `--handshake-concurrency` says otherwise.
 pub const HANDSHAKE_CONCURRENCY_DEFAULT: usize = 256;

@@ -10,6 +10,8 @@
 //! - The parent pushes over [`http_client`], samples server RSS/CPU ([`server_stats`]), merges
 //!   worker histograms ([`hist`]) and writes [`summary`], `.hgrm` files and an [`svg`] plot
 //!   ([`output`]). [`report`] prints earlier runs side by side.
+//! - [`source_addrs`]: the local addresses connections are bound to. [`merge`]: folds runs
+//!   made at the same time (several client machines) into one, from their `.hlog` files.
 //! - [`limits`]: every cap, named. [`error`]: error types. [`clock`]: unix microseconds.
 
 mod cli;
@@ -19,11 +21,13 @@ mod fleet;
 mod hist;
 mod http_client;
 mod limits;
+mod merge;
 mod output;
 mod proto;
 mod report;
 mod scenario;
 mod server_stats;
+mod source_addrs;
 mod summary;
 mod svg;
 mod target;
@@ -43,6 +47,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Worker => worker::run(),
         Cmd::Report { dirs } => report::table(&dirs).map(|t| print!("{t}")),
+        Cmd::Merge { out, dirs } => merge::merge(&dirs, &out).map(|m| {
+            print!("{}", merge::describe(&m, dirs.len()));
+            eprintln!("wrote {}", out.display());
+        }),
         Cmd::Idle(a) => scenario::run(Scenario::Idle(a)).map(|_| ()),
         Cmd::Broadcast(a) => scenario::run(Scenario::Broadcast(a)).map(|_| ()),
         Cmd::Unicast(a) => scenario::run(Scenario::Unicast(a)).map(|_| ()),

@@ -28,7 +28,8 @@ pub struct WorkerSpec {
     /// This worker's share of `--ramp-per-sec`.
     pub ramp_per_sec: Option<f64>,
     pub pin_core: Option<usize>,
-    pub rotate_sources: bool,
+    /// Local addresses to bind connection `i` to (`i mod len`); empty: the kernel picks.
+    pub source_addrs: Vec<std::net::Ipv4Addr>,
 }
 
 /// What a measurement phase expects to receive.
@@ -65,6 +66,9 @@ pub struct ConnectReport {
     pub handshake: RawHist,
     pub first_start_us: u64,
     pub last_done_us: u64,
+    /// Established connections per local address, as the kernel reports it (`getsockname`).
+    #[serde(default)]
+    pub by_source: BTreeMap<String, u64>,
 }
 
 /// Counters of a delivery phase in one worker.
@@ -79,8 +83,9 @@ pub struct PhaseReport {
     pub closed: BTreeMap<String, u64>,
     /// Server pings answered since the connections opened.
     pub pings: u64,
-    /// Per broadcast seq: (seq, deliveries, latest receive time in unix us).
-    pub per_seq: Vec<(u64, u64, u64)>,
+    /// Per broadcast seq: (seq, deliveries, latest receive time in unix us, the payload's
+    /// intended send time).
+    pub per_seq: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Worker -> parent.

@@ -13,7 +13,7 @@ use crate::cli::{BroadcastArgs, Common, IdleArgs, UnicastArgs};
 use crate::clock::{unix_secs, unix_us};
 use crate::error::BenchError;
 use crate::fleet::Fleet;
-use crate::hist::{Hist, Percentiles, new_hist, record};
+use crate::hist::{Hist, HistSet, Percentiles, new_hist, record};
 use crate::http_client::{HttpConn, HttpError};
 use crate::limits::{
     BROADCAST_MESSAGES_MAX, CONNECTIONS_MAX, PUSH_CONCURRENCY_MAX, PUSH_CONNECTIONS_MAX,
@@ -22,7 +22,7 @@ use crate::limits::{
 };
 use crate::output::write_run;
 use crate::proto::{Command, PhaseKind, PhaseReport, WorkerSpec};
-use crate::server_stats::{PhaseCost, Sample};
+use crate::server_stats::{PhaseCost, Sample, Sampler};
 use crate::summary::{
     BroadcastSummary, ConnectSummary, DeliverySummary, IdleSummary, MessageFanout, Summary,
     UnicastSummary,
@@ -66,11 +66,12 @@ impl Scenario {
     }
 }
 
-/// Histograms kept by the parent for the output files.
+/// Histograms kept by the parent for the output files (per worker, and merged).
+#[derive(Default)]
 struct Hists {
-    handshake: Hist,
-    latency: Hist,
-    push_http: Hist,
+    handshake: HistSet,
+    latency: HistSet,
+    push_http: HistSet,
 }
 
 /// Entry point of the three scenario subcommands; blocks until the run is written.
@@ -88,9 +89,16 @@ fn bad(msg: impl Into<String>) -> BenchError {
     BenchError::BadArgument(msg.into())
 }
 
-fn plan(common: &Common, shared_channel: bool) -> Result<Vec<WorkerSpec>, BenchError> {
+fn plan(
+    common: &Common,
+    shared_channel: bool,
+    source_addrs: &[std::net::Ipv4Addr],
+) -> Result<Vec<WorkerSpec>, BenchError> {
     if common.n == 0 || common.n > CONNECTIONS_MAX {
         return Err(bad(format!("--n must be 1..={CONNECTIONS_MAX}")));
+    }
+    if common.uid_offset.checked_add(common.n).is_none() {
+        return Err(bad("--uid-offset + --n overflows"));
     }
     if common.per_worker == 0 || common.per_worker > WORKER_CONNECTIONS_MAX {
         return Err(bad(format!(
@@ -118,7 +126,7 @@ fn plan(common: &Common, shared_channel: bool) -> Result<Vec<WorkerSpec>, BenchE
     }
     let base = common.n / workers as u64;
     let extra = common.n % workers as u64;
-    let mut first = 0u64;
+    let mut first = common.uid_offset;
     let mut specs = Vec::with_capacity(workers);
     for index in 0..workers {
         let count = base + u64::from((index as u64) < extra);
@@ -136,7 +144,7 @@ fn plan(common: &Common, shared_channel: bool) -> Result<Vec<WorkerSpec>, BenchE
             handshake_timeout_ms: common.handshake_timeout_ms,
             ramp_per_sec: common.ramp_per_sec.map(|r| r / workers as f64),
             pin_core: common.pin.then_some(index),
-            rotate_sources: !common.no_source_rotation,
+            source_addrs: source_addrs.to_vec(),
         });
         first += count;
     }
@@ -200,13 +208,21 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
         .iter()
         .map(|u| Endpoint::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    if !matches!(scenario, Scenario::Idle(_)) && http.is_empty() {
+    let receive_only = matches!(&scenario, Scenario::Broadcast(a) if a.receive_only);
+    if !matches!(scenario, Scenario::Idle(_)) && !receive_only && http.is_empty() {
         return Err(bad("--http is required for broadcast and unicast"));
     }
     let shared_channel =
         common.target == TargetKind::Nchan && matches!(scenario, Scenario::Broadcast(_));
-    let specs = plan(&common, shared_channel)?;
-    let pids = common.server_pid.clone();
+    let ws = common
+        .ws
+        .iter()
+        .map(|u| Endpoint::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source_addrs =
+        crate::source_addrs::resolve(&common.source_addrs, common.no_source_rotation, &ws)?;
+    let specs = plan(&common, shared_channel, &source_addrs)?;
+    let sampler = Sampler::new(&common.server_pid, &common.server_metrics).await?;
     let mut summary = Summary {
         scenario: scenario.name().to_string(),
         label: common.label.clone(),
@@ -215,13 +231,11 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
         args: scenario.args_json(),
         n: common.n,
         workers: specs.len(),
+        uid_offset: common.uid_offset,
+        source_addrs_count: source_addrs.len(),
         ..Default::default()
     };
-    let mut hists = Hists {
-        handshake: new_hist(),
-        latency: new_hist(),
-        push_http: new_hist(),
-    };
+    let mut hists = Hists::default();
     eprintln!(
         "corecast-bench {}: n={} over {} worker(s)",
         summary.scenario,
@@ -229,7 +243,23 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
         specs.len()
     );
 
-    let before_connect = Sample::take("before_connect", &pids);
+    let before_connect = sampler.take("before_connect").await;
+    if let Some(at) = common.start_at {
+        let now = unix_us();
+        let at_us = at.saturating_mul(1_000_000);
+        if at_us > now {
+            eprintln!(
+                "waiting {:.1} s for --start-at {at}",
+                (at_us - now) as f64 / 1e6
+            );
+            tokio::time::sleep(Duration::from_micros(at_us - now)).await;
+        } else {
+            eprintln!(
+                "warning: --start-at {at} is {:.1} s in the past",
+                (now - at_us) as f64 / 1e6
+            );
+        }
+    }
     let mut fleet = Fleet::spawn(&specs).await?;
     let n = common.n;
     let connected = fleet
@@ -250,7 +280,7 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
         fleet.close().await;
         return Err(e);
     }
-    let after_connect = Sample::take("after_connect", &pids);
+    let after_connect = sampler.take("after_connect").await;
     let (connect, failed_indices) = fold_connect(&fleet, &mut hists.handshake);
     eprintln!(
         "connected {} ({} failed) in {:.2} s = {:.0}/s, handshake p50 {:.2} ms p99 {:.2} ms",
@@ -273,7 +303,7 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
             idle(
                 &mut fleet,
                 args,
-                &pids,
+                &sampler,
                 &before_connect,
                 &after_connect,
                 &mut summary,
@@ -281,14 +311,14 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
             .await
         }
         Scenario::Broadcast(args) => {
-            broadcast(&mut fleet, args, &http, &pids, &mut hists, &mut summary).await
+            broadcast(&mut fleet, args, &http, &sampler, &mut hists, &mut summary).await
         }
         Scenario::Unicast(args) => {
             unicast(
                 &mut fleet,
                 args,
                 &http,
-                &pids,
+                &sampler,
                 &failed_indices,
                 &mut hists,
                 &mut summary,
@@ -314,31 +344,45 @@ async fn run_async(scenario: Scenario) -> Result<Summary, BenchError> {
     Ok(summary)
 }
 
-fn fold_connect(fleet: &Fleet, handshake: &mut Hist) -> (ConnectSummary, HashSet<u64>) {
+fn fold_connect(fleet: &Fleet, handshake: &mut HistSet) -> (ConnectSummary, HashSet<u64>) {
     let state = fleet.state.borrow();
     let mut c = ConnectSummary::default();
     let mut failed = HashSet::new();
     let (mut first, mut last) = (u64::MAX, 0u64);
-    for report in state.connected.iter().flatten() {
+    for (index, report) in state.connected.iter().enumerate() {
+        let Some(report) = report else { continue };
         c.ok += report.ok;
         c.failed += report.failed;
         for (k, v) in &report.failures {
             *c.failures.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &report.by_source {
+            *c.by_source.entry(k.clone()).or_default() += v;
+        }
         failed.extend(report.failed_indices.iter().copied());
-        report.handshake.merge_into(handshake);
+        let mut h = new_hist();
+        report.handshake.merge_into(&mut h);
+        handshake.add(
+            &format!("worker-{index}"),
+            report.first_start_us,
+            report.last_done_us,
+            h,
+        );
         first = first.min(report.first_start_us);
         if report.ok > 0 {
             last = last.max(report.last_done_us);
         }
     }
     c.secs = last.saturating_sub(first) as f64 / 1e6;
+    if last > 0 {
+        (c.first_start_us, c.last_done_us) = (first, last);
+    }
     c.rate_per_sec = if c.secs > 0.0 {
         c.ok as f64 / c.secs
     } else {
         0.0
     };
-    c.handshake = Percentiles::of(handshake);
+    c.handshake = Percentiles::of(&handshake.merged);
     (c, failed)
 }
 
@@ -369,7 +413,7 @@ async fn start_phase(
 fn fold_delivery(
     reports: &[PhaseReport],
     expected: u64,
-    latency: &mut Hist,
+    latency: &mut HistSet,
     cost: &PhaseCost,
 ) -> DeliverySummary {
     let mut d = DeliverySummary {
@@ -377,25 +421,34 @@ fn fold_delivery(
         server_cpu_us: cost.cpu_us,
         ..Default::default()
     };
-    for r in reports {
+    for (index, r) in reports.iter().enumerate() {
         d.unique += r.unique;
         d.duplicates += r.duplicates;
         d.unparsed += r.unparsed;
-        r.latency.merge_into(latency);
+        let mut h = new_hist();
+        r.latency.merge_into(&mut h);
+        latency.add(
+            &format!("worker-{index}"),
+            cost.before.at_us,
+            cost.after.at_us,
+            h,
+        );
         for (k, v) in &r.closed {
             *d.closed_during_run.entry(k.clone()).or_default() += v;
         }
     }
     d.lost = expected.saturating_sub(d.unique);
-    d.latency = Percentiles::of(latency);
-    d.server_cpu_us_per_delivery = (d.unique > 0).then(|| cost.cpu_us as f64 / d.unique as f64);
+    d.latency = Percentiles::of(&latency.merged);
+    // No server sampled: no figure (rather than a 0 that reads like a measurement).
+    d.server_cpu_us_per_delivery = (d.unique > 0 && !cost.after.procs.is_empty())
+        .then(|| cost.cpu_us as f64 / d.unique as f64);
     d
 }
 
 async fn idle(
     fleet: &mut Fleet,
     args: &IdleArgs,
-    pids: &[u32],
+    sampler: &Sampler,
     before_connect: &Sample,
     after_connect: &Sample,
     summary: &mut Summary,
@@ -408,7 +461,7 @@ async fn idle(
     while start.elapsed() < Duration::from_secs(args.hold_secs) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let held = Sample::take("held", pids);
+    let held = sampler.take("held").await;
     let reports = fleet
         .collect_reports(Duration::from_secs(args.common.timeout))
         .await?;
@@ -435,7 +488,7 @@ async fn idle(
         .server
         .push(PhaseCost::between("idle_hold", after_connect.clone(), held));
     let i = summary.idle.as_ref().expect("just set");
-    if !pids.is_empty() {
+    if !sampler.is_empty() {
         eprintln!(
             "server RSS {} -> {} KiB: {:.0} bytes per connection; {} open at end",
             i.server_rss_before_kib,
@@ -456,7 +509,7 @@ async fn broadcast(
     fleet: &mut Fleet,
     args: &BroadcastArgs,
     http: &[Endpoint],
-    pids: &[u32],
+    sampler: &Sampler,
     hists: &mut Hists,
     summary: &mut Summary,
 ) -> Result<(), BenchError> {
@@ -482,10 +535,20 @@ async fn broadcast(
         ..Default::default()
     };
     let mut sent: Vec<(u64, u64)> = Vec::new();
-    let before = Sample::take("broadcast_start", pids);
-    let client_before = Sample::take("broadcast_start", &fleet.client_pids());
+    let before = sampler.take("broadcast_start").await;
+    let client_before = Sample::of_pids("broadcast_start", &fleet.client_pids());
     let start = Instant::now();
-    for seq in 0..args.messages {
+    let mut push_http = new_hist();
+    if args.receive_only {
+        eprintln!(
+            "receive only: waiting up to {} s for {} broadcasts pushed by another client",
+            common.timeout, args.messages
+        );
+        // Send times come from the payloads once they arrive.
+        sent.extend((0..args.messages).map(|seq| (seq, 0)));
+    }
+    let pushes = if args.receive_only { 0 } else { args.messages };
+    for seq in 0..pushes {
         let conn = &mut conns[(seq % http.len() as u64) as usize];
         let path = target::push_path(common.target, conn.endpoint(), None);
         let t_us = unix_us();
@@ -514,7 +577,7 @@ async fn broadcast(
                 *b.push_errors.entry(e.label().to_string()).or_default() += 1;
             }
         }
-        record(&mut hists.push_http, unix_us().saturating_sub(t_us));
+        record(&mut push_http, unix_us().saturating_sub(t_us));
         tokio::time::sleep_until(start + Duration::from_millis(args.interval_ms * (seq + 1))).await;
     }
     let expected_seqs: Vec<u64> = sent.iter().map(|s| s.0).collect();
@@ -538,8 +601,11 @@ async fn broadcast(
     if let Err(e) = waited {
         eprintln!("warning: {e}; reporting what arrived");
     }
-    let after = Sample::take("broadcast_end", pids);
-    let client_after = Sample::take("broadcast_end", &fleet.client_pids());
+    let after = sampler.take("broadcast_end").await;
+    let client_after = Sample::of_pids("broadcast_end", &fleet.client_pids());
+    hists
+        .push_http
+        .add("parent", before.at_us, unix_us(), push_http);
     let reports = fleet.collect_reports(timeout).await?;
     let cost = PhaseCost::between("broadcast", before, after);
     let client_cost = PhaseCost::between("broadcast", client_before, client_after);
@@ -550,17 +616,20 @@ async fn broadcast(
         &cost,
     );
 
-    let mut deliveries_per_seq: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut deliveries_per_seq: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
     for r in &reports {
-        for &(seq, count, last_us) in &r.per_seq {
+        for &(seq, count, last_us, t_us) in &r.per_seq {
             let e = deliveries_per_seq.entry(seq).or_default();
             e.0 += count;
             e.1 = e.1.max(last_us);
+            e.2 = t_us;
         }
     }
     let mut fanouts = Vec::new();
     for &(seq, sent_us) in &sent {
-        let (deliveries, last_us) = deliveries_per_seq.get(&seq).copied().unwrap_or_default();
+        let (deliveries, last_us, t_us) = deliveries_per_seq.get(&seq).copied().unwrap_or_default();
+        // Receive only: the pusher's intended send time, from the payload (its clock).
+        let sent_us = if args.receive_only { t_us } else { sent_us };
         let complete = deliveries >= open && open > 0;
         let fanout_ms = complete.then(|| last_us.saturating_sub(sent_us) as f64 / 1e3);
         let deliveries_per_sec = fanout_ms
@@ -587,7 +656,7 @@ async fn broadcast(
         .collect();
     b.deliveries_per_sec_mean =
         (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64);
-    b.push_http = Percentiles::of(&hists.push_http);
+    b.push_http = Percentiles::of(&hists.push_http.merged);
     eprintln!(
         "broadcast: {} of {} accepted to {open} connections; fan-out p50 {:?} ms max {:?} ms; {:?} deliveries/s",
         b.accepted,
@@ -652,21 +721,22 @@ async fn unicast(
     fleet: &mut Fleet,
     args: &UnicastArgs,
     http: &[Endpoint],
-    pids: &[u32],
+    sampler: &Sampler,
     failed: &HashSet<u64>,
     hists: &mut Hists,
     summary: &mut Summary,
 ) -> Result<(), BenchError> {
     let common = &args.common;
     let scheduled = (args.rate * args.duration).round() as u64;
-    let live: Rc<Vec<u64>> = Rc::new((0..common.n).filter(|i| !failed.contains(i)).collect());
+    let uids = common.uid_offset..common.uid_offset + common.n;
+    let live: Rc<Vec<u64>> = Rc::new(uids.filter(|i| !failed.contains(i)).collect());
     if live.is_empty() {
         return Err(bad("no connection established"));
     }
     let timeout = Duration::from_secs(common.timeout);
     start_phase(fleet, PhaseKind::Unicast, timeout).await?;
-    let before = Sample::take("unicast_start", pids);
-    let client_before = Sample::take("unicast_start", &fleet.client_pids());
+    let before = sampler.take("unicast_start").await;
+    let client_before = Sample::of_pids("unicast_start", &fleet.client_pids());
     let tally = Rc::new(RefCell::new(Tally {
         push_http: Some(new_hist()),
         ..Default::default()
@@ -754,14 +824,17 @@ async fn unicast(
     if let Err(e) = waited {
         eprintln!("warning: {e}; reporting what arrived");
     }
-    let after = Sample::take("unicast_end", pids);
-    let client_after = Sample::take("unicast_end", &fleet.client_pids());
+    let after = sampler.take("unicast_end").await;
+    let client_after = Sample::of_pids("unicast_end", &fleet.client_pids());
     let reports = fleet.collect_reports(timeout).await?;
     let cost = PhaseCost::between("unicast", before, after);
     let client_cost = PhaseCost::between("unicast", client_before, client_after);
     let mut delivery = fold_delivery(&reports, accepted, &mut hists.latency, &cost);
     let mut t = tally.borrow_mut();
-    hists.push_http = t.push_http.take().unwrap_or_else(new_hist);
+    let pushed = t.push_http.take().unwrap_or_else(new_hist);
+    hists
+        .push_http
+        .add("parent", start_us, t.last_answer_us.max(start_us), pushed);
     let push_secs = t.last_answer_us.saturating_sub(start_us) as f64 / 1e6;
     let u = UnicastSummary {
         rate_target: args.rate,
@@ -775,8 +848,9 @@ async fn unicast(
         } else {
             0.0
         },
-        push_http: Percentiles::of(&hists.push_http),
-        server_cpu_us_per_push: (accepted > 0).then(|| cost.cpu_us as f64 / accepted as f64),
+        push_http: Percentiles::of(&hists.push_http.merged),
+        server_cpu_us_per_push: (accepted > 0 && !cost.after.procs.is_empty())
+            .then(|| cost.cpu_us as f64 / accepted as f64),
     };
     eprintln!(
         "unicast: {} of {scheduled} accepted at {:.0}/s (target {}); push answer p99 {:.2} ms; server CPU {:?} us/push",

@@ -8,6 +8,7 @@ use crate::hist::Percentiles;
 use crate::server_stats::PhaseCost;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub scenario: String,
     pub label: Option<String>,
@@ -16,6 +17,10 @@ pub struct Summary {
     pub args: serde_json::Value,
     pub n: u64,
     pub workers: usize,
+    /// Connections were users u{uid_offset} .. u{uid_offset + n - 1}.
+    pub uid_offset: u64,
+    /// Local addresses the connections were bound to (empty: the kernel's choice).
+    pub source_addrs_count: usize,
     pub connect: ConnectSummary,
     /// Server RSS and CPU around each phase, summed over `--server-pid`s.
     pub server: Vec<PhaseCost>,
@@ -28,10 +33,16 @@ pub struct Summary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConnectSummary {
     pub ok: u64,
     pub failed: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Established connections per local address (from `getsockname`).
+    pub by_source: BTreeMap<String, u64>,
+    /// Unix microseconds of the first connect attempt and the last established connection.
+    pub first_start_us: u64,
+    pub last_done_us: u64,
     /// From the first connect attempt to the last established connection.
     pub secs: f64,
     pub rate_per_sec: f64,
@@ -40,6 +51,7 @@ pub struct ConnectSummary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IdleSummary {
     pub held_secs: u64,
     pub open_at_end: u64,
@@ -53,6 +65,7 @@ pub struct IdleSummary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MessageFanout {
     pub seq: u64,
     pub sent_us: u64,
@@ -63,6 +76,7 @@ pub struct MessageFanout {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BroadcastSummary {
     pub messages: u64,
     pub accepted: u64,
@@ -77,6 +91,7 @@ pub struct BroadcastSummary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UnicastSummary {
     pub rate_target: f64,
     pub duration_secs: f64,
@@ -93,6 +108,7 @@ pub struct UnicastSummary {
 
 /// Deliveries of the measured phase (broadcast or unicast).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeliverySummary {
     pub expected: u64,
     pub unique: u64,

@@ -2,8 +2,8 @@
 //! client connections on one current-thread tokio runtime, optionally pinned to a core.
 //!
 //! Data flow: the parent writes a [`WorkerSpec`] line on stdin; the worker opens its
-//! connections (bounded handshake concurrency, optional ramp, rotated loopback source
-//! addresses), reports [`Event::Connected`], then records every delivery (latency from the
+//! connections (bounded handshake concurrency, optional ramp, source addresses from
+//! [`crate::source_addrs`]), reports [`Event::Connected`], then records every delivery (latency from the
 //! payload's `t_us`, loss and duplicates from its `seq`) until the parent asks for a report or
 //! tells it to close. Idle connections own no read buffer: all of them read into one scratch
 //! buffer of the worker.
@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, ErrorKind};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ use crate::clock::unix_us;
 use crate::error::{BenchError, ConnectError};
 use crate::hist::{Hist, RawHist, new_hist, record};
 use crate::limits::{
-    PROGRESS_INTERVAL_MS, READ_SCRATCH_BYTES, SEQ_TRACKED_MAX, SOURCE_ADDR_FIRST_OCTET,
-    SOURCE_ADDRS_COUNT, STATS_INTERVAL_MS, WORKER_CONNECTIONS_MAX, WORKER_FDS_OVERHEAD,
+    PROGRESS_INTERVAL_MS, READ_SCRATCH_BYTES, SEQ_TRACKED_MAX, STATS_INTERVAL_MS,
+    WORKER_CONNECTIONS_MAX, WORKER_FDS_OVERHEAD,
 };
 use crate::proto::{Command, ConnectReport, Event, PhaseKind, PhaseReport, WorkerSpec};
 use crate::target::{self, BROADCAST_CHANNEL, Endpoint, TargetKind};
@@ -87,6 +87,8 @@ pub fn raise_fd_limit(needed: usize) {
 struct SeqAgg {
     deliveries: u64,
     last_us: u64,
+    /// The payload's intended send time (the pusher's clock).
+    sent_us: u64,
     done: bool,
 }
 
@@ -119,10 +121,10 @@ impl Shared {
     }
 
     fn report(&self) -> PhaseReport {
-        let mut per_seq: Vec<(u64, u64, u64)> = self
+        let mut per_seq: Vec<(u64, u64, u64, u64)> = self
             .per_seq
             .iter()
-            .map(|(seq, a)| (*seq, a.deliveries, a.last_us))
+            .map(|(seq, a)| (*seq, a.deliveries, a.last_us, a.sent_us))
             .collect();
         per_seq.sort_unstable();
         PhaseReport {
@@ -198,6 +200,7 @@ fn on_delivery(shared: &RefCell<Shared>, track: &mut SeqTrack, payload: &[u8]) {
         let agg = s.per_seq.entry(seq).or_default();
         agg.deliveries += 1;
         agg.last_us = agg.last_us.max(now);
+        agg.sent_us = t_us;
         if !agg.done && agg.deliveries >= open {
             agg.done = true;
             let event = Event::SeqDone {
@@ -274,19 +277,23 @@ async fn run_connection(
     *s.closed.entry(reason.unwrap_or_default()).or_default() += 1;
 }
 
-/// Opens one TCP connection (from a rotated loopback source when allowed) and upgrades it.
+/// Opens one TCP connection (bound to `source` when given) and upgrades it.
 /// Returns the stream and any frame bytes that arrived with the upgrade answer.
 pub async fn connect(
     endpoint: &Endpoint,
     path: &str,
-    source_index: Option<u64>,
+    source: Option<SocketAddr>,
 ) -> Result<(TcpStream, Vec<u8>), ConnectError> {
     let socket = TcpSocket::new_v4().map_err(ConnectError::Connect)?;
-    if let Some(i) = source_index {
-        let octet = (SOURCE_ADDR_FIRST_OCTET + i % SOURCE_ADDRS_COUNT) as u8;
-        socket
-            .bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, octet).into(), 0))
-            .map_err(ConnectError::Connect)?;
+    if let Some(addr) = source {
+        // The port is chosen at connect time, per destination: one source address then serves
+        // ~28k connections to each target instead of ~28k in all.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
+        socket.bind(addr).map_err(ConnectError::Connect)?;
     }
     let mut stream = socket
         .connect(endpoint.addr)
@@ -431,7 +438,7 @@ async fn connect_all(spec: &WorkerSpec, shared: &Rc<RefCell<Shared>>) -> Result<
             TargetKind::Nchan => String::new(),
         };
         let path = target::subscribe_path(spec.target, &endpoint, channel, &token);
-        let source = (spec.rotate_sources && endpoint.is_loopback()).then_some(global);
+        let source = crate::source_addrs::for_connection(&spec.source_addrs, global);
         let (shared, scratch) = (shared.clone(), scratch.clone());
         tokio::task::spawn_local(async move {
             let started = Instant::now();
@@ -450,6 +457,11 @@ async fn connect_all(spec: &WorkerSpec, shared: &Rc<RefCell<Shared>>) -> Result<
                 let mut s = shared.borrow_mut();
                 match result {
                     Ok(ok) => {
+                        let local = ok.0.local_addr().map(|a| a.ip().to_string());
+                        *s.connect
+                            .by_source
+                            .entry(local.unwrap_or_else(|_| "unknown".into()))
+                            .or_default() += 1;
                         s.connect.ok += 1;
                         s.open += 1;
                         s.connect.last_done_us = unix_us();
