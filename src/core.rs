@@ -135,6 +135,8 @@ pub enum Overloaded {
     History(usize),
     #[error("too many idempotency keys are remembered")]
     IdempotencyKeys,
+    #[error("the node is starting: its cluster peers have not all subscribed to it yet")]
+    MeshStarting,
 }
 
 /// What became of a push the API accepted.
@@ -429,6 +431,9 @@ impl Core {
         target: Target,
         idempotency: Option<KeyRef>,
     ) -> Result<Accepted, Overloaded> {
+        if self.node.mesh.as_ref().is_some_and(|mesh| !mesh.subscribed()) {
+            return Err(Overloaded::MeshStarting);
+        }
         let routes = route(&target, self.cores);
         self.check_room(&push, &target, &routes)?;
         if let Some(key) = &idempotency {

@@ -30,6 +30,9 @@ fn first_pushes_of_a_restarted_node_reach_the_other_nodes() {
     let mut client = a.connect("watcher");
     drop(b);
     let b = Node::start_meshed("node-b", &mb, &peers, CLUSTER_MESH_KEY);
+    // Until A has subscribed to the new B, B answers pushes 503 (its PUB
+    // would drop them for A) and /readyz says "starting".
+    b.wait_ready();
     let poster = Poster::new(b.http);
     let ids: Vec<String> = (0..PUSHES)
         .map(|n| poster.push_ok("/v1/push/user/watcher", json!({"n": n})))

@@ -238,8 +238,11 @@ async fn dispatch(
         }
         Route::Ready => {
             method_is(&req, &[Method::GET])?;
+            let starting = core.node.mesh.as_ref().is_some_and(|m| !m.subscribed());
             return Ok(if core.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if starting {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n")
             });

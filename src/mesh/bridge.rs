@@ -147,6 +147,7 @@ pub(super) fn spawn(
         _ => listen.clone(),
     };
 
+    let peer_count = peers.len();
     let mut subscribers = Vec::with_capacity(peers.len());
     for (i, address) in peers.into_iter().enumerate() {
         let socket = context
@@ -190,6 +191,9 @@ pub(super) fn spawn(
         thread: Mutex::new(None),
         stopped: Mutex::new(Some(stopped_rx)),
         listen_endpoint,
+        expected_subscribers: peer_count as u64,
+        subscribed_once: Default::default(),
+        started: std::time::Instant::now(),
     });
     let mesh = Mesh {
         inbound: Inbound::new(node_id, deliver, metrics.clone()),

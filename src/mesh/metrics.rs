@@ -284,6 +284,13 @@ impl MeshMetrics {
     }
 
     /// Whether `peer`'s SUB connection is up.
+    /// Subscribers connected to this node's PUB now.
+    pub fn subscribers(&self) -> u64 {
+        self.subscriber_connects
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.subscriber_disconnects.load(Ordering::Relaxed))
+    }
+
     pub fn peer_up(&self, peer: &str) -> Option<bool> {
         lock(&self.peers).get(peer).map(|s| s.up)
     }

@@ -267,6 +267,13 @@ struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     listen_endpoint: String,
+    /// Peers expected to subscribe to this node's PUB, and when the mesh
+    /// started: see [`MeshHandle::subscribed`].
+    expected_subscribers: u64,
+    started: std::time::Instant,
+    /// Set once `subscribed` was true: a peer lost later is the usual case
+    /// of a peer down, not a start.
+    subscribed_once: AtomicBool,
 }
 
 /// The executors' end of the mesh: cheap to clone, `Send + Sync`.
@@ -286,7 +293,29 @@ impl std::fmt::Debug for MeshHandle {
     }
 }
 
+/// How long a starting node waits for its peers to subscribe before it
+/// takes pushes anyway (a peer that is down then meets its pushes late and
+/// says so: `recovered:false` for resumes from before).
+pub const MESH_SUBSCRIBE_GRACE_MS: u64 = 5_000;
+
 impl MeshHandle {
+    /// Whether every peer has subscribed to this node's PUB (or the start-up
+    /// grace is over). Until then a push this node accepts would be dropped
+    /// by its PUB for the peers not yet there, which could never replay it:
+    /// the API answers 503 and `/readyz` says starting.
+    pub fn subscribed(&self) -> bool {
+        if self.shared.subscribed_once.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.metrics.subscribers() >= self.shared.expected_subscribers
+            || self.shared.started.elapsed()
+                >= std::time::Duration::from_millis(MESH_SUBSCRIBE_GRACE_MS);
+        if now {
+            self.shared.subscribed_once.store(true, Ordering::Relaxed);
+        }
+        now
+    }
+
     /// Non-blocking; called from glommio executors. Publishes one envelope
     /// for a push (or a membership change: `Target::RoomJoin`/`RoomLeave`
     /// with an empty payload) accepted on this node. Returns false (and

@@ -309,20 +309,17 @@ mod tests {
             5
         );
         assert_eq!(o.rooms, ["r1", "r 2"], "capped at rooms_max");
-        assert!(
-            Opening::from_query(Some("%zz"), None, 4)
-                .since
-                .unwrap()
-                .is_err()
-        );
-        assert!(
-            Opening::from_query(Some("garbage"), None, 4)
-                .since
-                .unwrap()
-                .is_err()
-        );
+        let malformed = |text| {
+            matches!(
+                Opening::from_query(Some(text), None, 4).since,
+                Some(Since::Malformed(_))
+            )
+        };
+        assert!(malformed("%zz") && malformed("garbage"));
         let fresh = Opening::from_query(Some(""), None, 4);
-        assert!(fresh.since.unwrap().unwrap().is_empty());
+        assert_eq!(fresh.since, Some(Since::Start));
+        let nothing_yet = Opening::from_query(Some("0"), None, 4);
+        assert_eq!(nothing_yet.since, Some(Since::After(Position::new())));
         assert!(Opening::from_query(None, None, 4).since.is_none());
     }
 

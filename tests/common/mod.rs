@@ -243,6 +243,12 @@ impl Node {
     }
 
     /// Waits until `want` mesh subscriptions of this node are up.
+    /// Waits until `/readyz` answers 200: a restarted node in a cluster
+    /// takes pushes once its peers have subscribed to it.
+    pub fn wait_ready(&self) {
+        wait_for("/readyz 200", WAIT, || self.request("GET", "/readyz").0 == 200);
+    }
+
     pub fn wait_peers_up(&self, want: usize) {
         let mut up = 0;
         wait_for(&format!("{want} mesh peers up"), PEERS_WAIT, || {
