@@ -431,7 +431,12 @@ impl Core {
         target: Target,
         idempotency: Option<KeyRef>,
     ) -> Result<Accepted, Overloaded> {
-        if self.node.mesh.as_ref().is_some_and(|mesh| !mesh.subscribed()) {
+        if self
+            .node
+            .mesh
+            .as_ref()
+            .is_some_and(|mesh| !mesh.subscribed())
+        {
             return Err(Overloaded::MeshStarting);
         }
         let routes = route(&target, self.cores);

@@ -246,7 +246,9 @@ impl Node {
     /// Waits until `/readyz` answers 200: a restarted node in a cluster
     /// takes pushes once its peers have subscribed to it.
     pub fn wait_ready(&self) {
-        wait_for("/readyz 200", WAIT, || self.request("GET", "/readyz").0 == 200);
+        wait_for("/readyz 200", WAIT, || {
+            self.request("GET", "/readyz").0 == 200
+        });
     }
 
     pub fn wait_peers_up(&self, want: usize) {
