@@ -46,6 +46,8 @@ fn corrupt_envelopes_are_counted_and_dropped() {
         ("CORECAST_MESH_KEY", MESH_KEY),
     ]);
     node.wait_peers_up(1);
+    // The rogue peer never subscribes: pushes wait for the start-up grace.
+    node.wait_ready();
     let mut client = node.connect("victim");
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.metric("corecast_mesh_drops_total{reason=\"corrupt\"}") < 10.0 {

@@ -284,11 +284,11 @@ impl MeshMetrics {
     }
 
     /// Whether `peer`'s SUB connection is up.
-    /// Subscribers connected to this node's PUB now.
-    pub fn subscribers(&self) -> u64 {
-        self.subscriber_connects
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.subscriber_disconnects.load(Ordering::Relaxed))
+    /// Subscribers that completed a handshake with this node's PUB since
+    /// it started (a refused handshake is counted as a disconnect only, so
+    /// connects minus disconnects would undercount).
+    pub fn subscribers_ever(&self) -> u64 {
+        self.subscriber_connects.load(Ordering::Relaxed)
     }
 
     pub fn peer_up(&self, peer: &str) -> Option<bool> {

@@ -299,7 +299,8 @@ impl std::fmt::Debug for MeshHandle {
 pub const MESH_SUBSCRIBE_GRACE_MS: u64 = 5_000;
 
 impl MeshHandle {
-    /// Whether every peer has subscribed to this node's PUB (or the start-up
+    /// Whether as many subscribers as there are peers have completed their
+    /// handshake with this node's PUB since it started (or the start-up
     /// grace is over). Until then a push this node accepts would be dropped
     /// by its PUB for the peers not yet there, which could never replay it:
     /// the API answers 503 and `/readyz` says starting.
@@ -307,7 +308,7 @@ impl MeshHandle {
         if self.shared.subscribed_once.load(Ordering::Relaxed) {
             return true;
         }
-        let now = self.metrics.subscribers() >= self.shared.expected_subscribers
+        let now = self.metrics.subscribers_ever() >= self.shared.expected_subscribers
             || self.shared.started.elapsed()
                 >= std::time::Duration::from_millis(MESH_SUBSCRIBE_GRACE_MS);
         if now {

@@ -18,7 +18,15 @@ fn installed_node_answers_healthz() {
     let _lock = live_lock();
     let mut node = start_node(d, "node-a");
     wait_healthz(&mut node, d.http("node-a"));
-    let (status, body) = get(d.http("node-a"), "/readyz").unwrap();
+    // Ready once its peers subscribed, or after the mesh's start-up grace
+    // (node-b is not running here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (mut status, mut body) = get(d.http("node-a"), "/readyz").unwrap();
+    while status != 200 && std::time::Instant::now() < deadline {
+        assert_eq!(body.trim(), "starting", "/readyz: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        (status, body) = get(d.http("node-a"), "/readyz").unwrap();
+    }
     assert_eq!(status, 200, "/readyz: {body}");
 }
 
