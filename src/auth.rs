@@ -192,6 +192,38 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
+/// A path segment that is not valid percent-encoded UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("a '%' is not followed by two hex digits")]
+    BadEscape,
+    #[error("the decoded bytes are not UTF-8")]
+    NotUtf8,
+}
+
+/// Decodes one percent-encoded name (a path segment, a query value), refusing (rather than replacing) a bad escape
+/// or bytes that are not UTF-8, so that two distinct raw segments never
+/// decode to the same name.
+pub fn decode_segment(raw: &str) -> Result<String, SegmentError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                return Err(SegmentError::BadEscape);
+            };
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SegmentError::NotUtf8)
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The fixed key of the hash that names an API key's idempotency scope.

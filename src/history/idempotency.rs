@@ -1,6 +1,7 @@
 //! Idempotent publish: `Idempotency-Key` -> the first push's id.
 //!
-//! A key is scoped by the API key that sent it (two tenants may use the same
+//! A key is scoped by the API key that sent it ([`crate::auth::ApiKeys::scope`]:
+//! the same on every node; two tenants may use the same
 //! key) and remembered for `[history] idempotency_ttl_ms`. Each core keeps
 //! the keys whose [`key_core`] it is, so one key has one owner per node; the
 //! key travels in the mesh envelope and every node records it, so a retry at
@@ -32,17 +33,6 @@ pub fn validate_key(key: &str) -> Result<(), IdempotencyError> {
     } else {
         Err(IdempotencyError::BadKey)
     }
-}
-
-/// The scope of an API key (FNV-1a of the key; the key itself never leaves
-/// the node).
-pub fn api_key_scope(api_key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in api_key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 /// The core that owns `key` of `scope`.
@@ -163,7 +153,8 @@ mod tests {
     #[test]
     fn scoped_by_api_key() {
         let mut t = IdempotencyTable::new(1_000, 10);
-        let (a, b) = (api_key_scope("key-a"), api_key_scope("key-b"));
+        let keys = crate::auth::ApiKeys::new(&["key-a".into(), "key-b".into()]);
+        let (a, b) = (keys.scope(0), keys.scope(1));
         assert_ne!(a, b);
         assert_eq!(t.claim(a, "k", "id-a", 0), Ok(Claim::Fresh));
         assert_eq!(t.claim(b, "k", "id-b", 0), Ok(Claim::Fresh));

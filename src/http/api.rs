@@ -18,6 +18,7 @@ use super::HttpCore;
 use super::body::{BodyError, Content};
 use super::budget::OverBudget;
 use crate::auth::valid_name;
+pub use crate::auth::{SegmentError, decode_segment};
 use crate::core::{Accepted, Core};
 use crate::limits::NAME_BYTES_MAX;
 use crate::mesh::KeyRef;
@@ -112,38 +113,6 @@ pub struct ScrapeCache {
     taken: Cell<Option<Instant>>,
     snapshots: RefCell<Arc<Vec<CoreSnapshot>>>,
     process: Cell<Option<ProcessStats>>,
-}
-
-/// A path segment that is not valid percent-encoded UTF-8.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SegmentError {
-    #[error("a '%' is not followed by two hex digits")]
-    BadEscape,
-    #[error("the decoded bytes are not UTF-8")]
-    NotUtf8,
-}
-
-/// Decodes one path segment, refusing (rather than replacing) a bad escape
-/// or bytes that are not UTF-8, so that two distinct raw segments never
-/// decode to the same name.
-pub fn decode_segment(raw: &str) -> Result<String, SegmentError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-            let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
-                return Err(SegmentError::BadEscape);
-            };
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| SegmentError::NotUtf8)
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Answer {

@@ -73,31 +73,11 @@ impl Opening {
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as a space); `None` for a bad escape or
+/// Decodes a query value: `+` is a space, then `%XX` escapes as in a path
+/// segment ([`crate::auth::decode_segment`]); `None` for a bad escape or
 /// bytes that are not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::auth::decode_segment(&text.replace('+', " ")).ok()
 }
 
 /// The `resumed` frame's text.
